@@ -1,0 +1,357 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/custodyhq/custody/bundles"
+	"github.com/custodyhq/custody/decisionlog"
+	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
+	"github.com/custodyhq/custody/internal/embeddednats"
+	"github.com/custodyhq/custody/pdp"
+	"github.com/custodyhq/custody/policies"
+	custodyhttp "github.com/custodyhq/custody/server"
+)
+
+// Defaults of `custody serve`.
+const (
+	DefaultAddr            = "127.0.0.1:8181"
+	DefaultDataDir         = "./data"
+	DefaultNATSListen      = "127.0.0.1:4222"
+	DefaultNATSURL         = "nats://127.0.0.1:4222"
+	DefaultShutdownTimeout = 15 * time.Second
+)
+
+type serveConfig struct {
+	configFile      string
+	addr            string
+	dataDir         string
+	natsListen      string
+	natsURL         string
+	natsCreds       string
+	policies        string
+	decision        string
+	retention       time.Duration
+	streamMaxBytes  int64
+	streamReplicas  int
+	publishTimeout  time.Duration
+	intentKeyFile   string
+	maxBodyBytes    int64
+	shutdownTimeout time.Duration
+	logLevel        string
+	logFormat       string
+}
+
+func (c *serveConfig) flags(fs interface {
+	StringVar(*string, string, string, string)
+	DurationVar(*time.Duration, string, time.Duration, string)
+	Int64Var(*int64, string, int64, string)
+	IntVar(*int, string, int, string)
+}) {
+	fs.StringVar(&c.configFile, "config", "", "YAML file of flag settings (`path`); flags and CUSTODY_* variables override it")
+	fs.StringVar(&c.addr, "addr", DefaultAddr, "HTTP listen address, `host:port` (port 0 picks a free one)")
+	fs.StringVar(&c.dataDir, "data-dir", DefaultDataDir, "directory for JetStream storage, keys and the instance ID")
+	fs.StringVar(&c.natsListen, "nats-listen", DefaultNATSListen, "embedded NATS client address, `host:port` (port 0 picks a free one)")
+	fs.StringVar(&c.natsURL, "nats-url", "", "use this external NATS server or cluster (`url`) instead of the embedded one")
+	fs.StringVar(&c.natsCreds, "nats-creds", "", "NATS credentials file for --nats-url")
+	fs.StringVar(&c.policies, "policies", "", "policy set: a directory of .rego and data files, or an OPA bundle .tar.gz (default: the embedded policies)")
+	fs.StringVar(&c.decision, "decision", pdp.DefaultQuery, "the decision rule to evaluate")
+	fs.DurationVar(&c.retention, "retention", 0, "how long the stream keeps decisions; 0 keeps them forever")
+	fs.Int64Var(&c.streamMaxBytes, "stream-max-bytes", -1, "stream size bound; when full, new decisions are refused (503 deny), never old ones evicted; -1 is unlimited")
+	fs.IntVar(&c.streamReplicas, "stream-replicas", custodyjs.DefaultReplicas, "stream replicas in a JetStream cluster")
+	fs.DurationVar(&c.publishTimeout, "publish-timeout", custodyjs.DefaultPublishTimeout, "how long to wait for JetStream to ack a decision before answering 503 deny")
+	fs.StringVar(&c.intentKeyFile, "intent-key-file", "", "HMAC key for task intents, hex (default: generated into the data dir)")
+	fs.Int64Var(&c.maxBodyBytes, "max-body-bytes", custodyhttp.DefaultMaxBodyBytes, "largest request body accepted")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "how long shutdown waits for requests in flight and their records")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
+}
+
+// Validate reports the first setting that cannot work.
+func (c *serveConfig) Validate() error {
+	if _, _, err := net.SplitHostPort(c.addr); err != nil {
+		return fmt.Errorf("--addr %q: %w", c.addr, err)
+	}
+	if c.natsURL == "" {
+		if _, _, err := net.SplitHostPort(c.natsListen); err != nil {
+			return fmt.Errorf("--nats-listen %q: %w", c.natsListen, err)
+		}
+	}
+	if c.dataDir == "" {
+		return errors.New("--data-dir must not be empty")
+	}
+	if c.publishTimeout <= 0 {
+		return errors.New("--publish-timeout must be positive")
+	}
+	if c.maxBodyBytes <= 0 {
+		return errors.New("--max-body-bytes must be positive")
+	}
+	if c.shutdownTimeout <= 0 {
+		return errors.New("--shutdown-timeout must be positive")
+	}
+	return nil
+}
+
+func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) error {
+	var cfg serveConfig
+	fs := newFlagSet("serve", stderr)
+	cfg.flags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	logger, err := newLogger(stderr, cfg.logLevel, cfg.logFormat)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	return serve(ctx, cfg, logger)
+}
+
+func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil || level == "" {
+		return zerolog.Nop(), fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	switch format {
+	case "json":
+	case "console":
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	default:
+		return zerolog.Nop(), fmt.Errorf("--log-format %q: want json or console", format)
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
+	log := logger.With().Str("component", "serve").Logger()
+	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
+		return fmt.Errorf("serve: create data dir: %w", err)
+	}
+	instanceID, err := loadOrCreate(filepath.Join(cfg.dataDir, "instance.id"), func() string { return custodyhttp.NewUUIDv7() })
+	if err != nil {
+		return fmt.Errorf("serve: instance id: %w", err)
+	}
+	intentKey, err := loadIntentKey(cfg)
+	if err != nil {
+		return err
+	}
+
+	set, err := loadPolicies(cfg.policies)
+	if err != nil {
+		return err
+	}
+	engine, err := pdp.New(ctx, set, pdp.WithQuery(cfg.decision), pdp.WithLogger(logger))
+	if err != nil {
+		return err
+	}
+
+	// NATS: the embedded server unless --nats-url names another.
+	natsURL := cfg.natsURL
+	var ns *server.Server
+	if natsURL == "" {
+		ns, err = embeddednats.Start(embeddednats.Config{
+			Listen:     cfg.natsListen,
+			StoreDir:   filepath.Join(cfg.dataDir, "jetstream"),
+			ServerName: "custody-" + instanceID,
+			Logger:     &logger,
+		})
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+		natsURL = ns.ClientURL()
+	}
+	nc, err := connectNATS(natsURL, cfg.natsCreds, "custody serve "+instanceID, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("serve: jetstream: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = custodyjs.EnsureStream(sctx, js, custodyjs.StreamConfig{
+		Retention: cfg.retention,
+		MaxBytes:  cfg.streamMaxBytes,
+		Replicas:  cfg.streamReplicas,
+	})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	sink := custodyjs.NewSink(js, custodyjs.WithPublishTimeout(cfg.publishTimeout), custodyjs.WithLogger(logger))
+
+	reg := prometheus.NewRegistry()
+	api := custodyhttp.New(engine, sink, decisionlog.NewIntentHasher(intentKey),
+		custodyhttp.WithLogger(logger),
+		custodyhttp.WithInstance(decisionlog.Instance{Instance: instanceID, Version: version()}),
+		custodyhttp.WithMaxBodyBytes(cfg.maxBodyBytes),
+		custodyhttp.WithRegistry(reg),
+		custodyhttp.WithReadyCheck("policy", func(context.Context) error {
+			if engine.Policy().Revision == "" {
+				return errors.New("no policy set loaded")
+			}
+			return nil
+		}),
+		custodyhttp.WithReadyCheck("decision_log", func(context.Context) error { return custodyjs.Ready(nc) }),
+	)
+
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("serve: listen on %s: %w", cfg.addr, err)
+	}
+	srv := &http.Server{
+		Handler:           api.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info().
+		Str("http_addr", ln.Addr().String()).
+		Str("nats_url", natsURL).
+		Bool("nats_embedded", ns != nil).
+		Str("policy_revision", set.Revision).
+		Str("policy_source", set.Source).
+		Str("instance", instanceID).
+		Str("version", version()).
+		Msg("custody serving")
+
+	select {
+	case err = <-serveErr:
+		err = fmt.Errorf("serve: http: %w", err)
+	case <-ctx.Done():
+	}
+
+	// Stop taking requests, let those in flight finish and their records be acked, then close
+	// the connection and the embedded server.
+	log.Info().Msg("shutting down")
+	sdCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
+	defer cancel()
+	if serr := srv.Shutdown(sdCtx); serr != nil {
+		log.Error().Err(serr).Msg("http shutdown incomplete")
+	}
+	if serr := sink.Close(sdCtx); serr != nil {
+		log.Error().Err(serr).Msg("decision log close incomplete")
+	}
+	if derr := nc.Drain(); derr != nil {
+		log.Error().Err(derr).Msg("nats drain")
+	}
+	log.Info().Msg("stopped")
+	return err
+}
+
+func connectNATS(url, creds, name string, log zerolog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1), // keep trying: while disconnected, decisions are 503 denies
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.Timeout(5 * time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn().Err(err).Msg("nats disconnected")
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("nats reconnected")
+		}),
+	}
+	if creds != "" {
+		opts = append(opts, nats.UserCredentials(creds))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("serve: connect to NATS at %s: %w", redactURL(url), err)
+	}
+	return nc, nil
+}
+
+// redactURL drops credentials from a NATS URL before it is logged or returned.
+func redactURL(u string) string {
+	if i := strings.Index(u, "@"); i >= 0 {
+		if j := strings.Index(u, "://"); j >= 0 && j < i {
+			return u[:j+3] + "[redacted]" + u[i:]
+		}
+	}
+	return u
+}
+
+func loadPolicies(path string) (pdp.PolicySet, error) {
+	if path == "" {
+		return bundles.FromFS(policies.FS, "embedded:policies")
+	}
+	return bundles.Load(path)
+}
+
+// loadIntentKey reads the HMAC key for task intents, generating one into the data dir on first
+// start. A missing configured file is an error, not a reason to invent a key.
+func loadIntentKey(cfg serveConfig) ([]byte, error) {
+	path := cfg.intentKeyFile
+	if path == "" {
+		path = filepath.Join(cfg.dataDir, "intent.key")
+		if _, err := loadOrCreate(path, func() string {
+			b := make([]byte, 32)
+			_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
+			return hex.EncodeToString(b)
+		}); err != nil {
+			return nil, fmt.Errorf("serve: intent key: %w", err)
+		}
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("serve: read intent key: %w", err)
+	}
+	key, err := hex.DecodeString(strings.TrimSpace(string(raw)))
+	if err != nil || len(key) < 16 {
+		return nil, fmt.Errorf("serve: intent key %s: want at least 16 bytes, hex encoded", path)
+	}
+	return key, nil
+}
+
+// loadOrCreate returns the trimmed content of path, first writing make() there (mode 0600) if the
+// file does not exist.
+func loadOrCreate(path string, make func() string) (string, error) {
+	raw, err := os.ReadFile(path)
+	if err == nil {
+		if v := strings.TrimSpace(string(raw)); v != "" {
+			return v, nil
+		}
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	v := make()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.WriteString(v + "\n"); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return "", err
+	}
+	return v, f.Close()
+}

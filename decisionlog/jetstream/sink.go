@@ -1,0 +1,125 @@
+package jetstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/custodyhq/custody/decisionlog"
+)
+
+// DefaultPublishTimeout bounds the wait for JetStream's ack of one record.
+const DefaultPublishTimeout = 2 * time.Second
+
+// publisher is the JetStream call the sink needs.
+type publisher interface {
+	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
+}
+
+// Sink publishes records to the CUSTODY stream and returns once JetStream has acked them.
+type Sink struct {
+	js      publisher
+	timeout time.Duration
+	logger  zerolog.Logger
+
+	mu       sync.RWMutex // guards closed against in-flight Adds
+	closed   bool
+	inflight sync.WaitGroup
+}
+
+var _ decisionlog.Publisher = (*Sink)(nil)
+
+// Option configures a Sink.
+type Option func(*Sink)
+
+// WithPublishTimeout bounds the wait for one ack; past it Publish fails.
+func WithPublishTimeout(d time.Duration) Option { return func(s *Sink) { s.timeout = d } }
+
+// WithLogger sets the sink's logger. The default discards.
+func WithLogger(l zerolog.Logger) Option { return func(s *Sink) { s.logger = l } }
+
+// NewSink returns a sink publishing through js.
+func NewSink(js publisher, opts ...Option) *Sink {
+	s := &Sink{js: js, timeout: DefaultPublishTimeout, logger: zerolog.Nop()}
+	for _, o := range opts {
+		o(s)
+	}
+	s.logger = s.logger.With().Str("component", "decisionlog.jetstream").Logger()
+	return s
+}
+
+// Publish sends r to its decision subject with Nats-Msg-Id set to the decision ID, so that a
+// retried publish is stored once, and waits for the ack. The wait is detached from ctx's
+// cancellation (a caller that hangs up must not leave the record's fate unknown) and bounded by
+// the publish timeout. Any failure wraps decisionlog.ErrUnavailable.
+func (s *Sink) Publish(ctx context.Context, r *decisionlog.Record) error {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return fmt.Errorf("jetstream: publish record: %w: sink closed", decisionlog.ErrUnavailable)
+	}
+	s.inflight.Add(1)
+	s.mu.RUnlock()
+	defer s.inflight.Done()
+
+	data, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("jetstream: encode record: %w: %w", decisionlog.ErrUnavailable, err)
+	}
+	msg := nats.NewMsg(decisionlog.DecisionSubject(r))
+	msg.Data = data
+	msg.Header.Set(decisionlog.HeaderCorrelationID, r.CorrelationID)
+	msg.Header.Set(decisionlog.HeaderDecision, r.Outcome())
+
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	defer cancel()
+	ack, err := s.js.PublishMsg(ctx, msg,
+		jetstream.WithMsgID(r.DecisionID),
+		jetstream.WithExpectStream(decisionlog.StreamName),
+		// No responders happens while a stream leader is elected: retry until the deadline.
+		jetstream.WithRetryAttempts(math.MaxInt32),
+		jetstream.WithRetryWait(25*time.Millisecond),
+	)
+	if err != nil {
+		s.logger.Error().Err(err).Str("decision_id", r.DecisionID).Str("correlation_id", r.CorrelationID).Msg("decision record not acked")
+		return fmt.Errorf("jetstream: publish record: %w: %w", decisionlog.ErrUnavailable, err)
+	}
+	if ack.Duplicate {
+		s.logger.Debug().Str("decision_id", r.DecisionID).Uint64("stream_seq", ack.Sequence).Msg("duplicate record dropped by stream")
+	}
+	return nil
+}
+
+// Close refuses new records and waits, until ctx ends, for those in flight to be acked.
+func (s *Sink) Close(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("jetstream: close sink: %w", ctx.Err())
+	}
+}
+
+// ErrNotConnected is returned by Ready while the NATS connection is down.
+var ErrNotConnected = errors.New("jetstream: not connected to NATS")
+
+// Ready reports whether records can currently be published.
+func Ready(nc *nats.Conn) error {
+	if nc == nil || !nc.IsConnected() {
+		return ErrNotConnected
+	}
+	return nil
+}

@@ -1,0 +1,67 @@
+package decisionlog
+
+import (
+	"time"
+
+	"github.com/custodyhq/custody/pdp"
+)
+
+// SchemaDecisionV1 names the wire format of a decision record.
+const SchemaDecisionV1 = "custody.decision.v1"
+
+// Record is one authorization decision as published on the stream. Its JSON keys are the wire
+// contract; add fields, never rename them.
+type Record struct {
+	Schema        string         `json:"schema"`
+	DecisionID    string         `json:"decision_id"`
+	Timestamp     time.Time      `json:"timestamp"`
+	CorrelationID string         `json:"correlation_id"`
+	RequestID     string         `json:"request_id,omitempty"`
+	TraceID       string         `json:"trace_id,omitempty"`
+	SpanID        string         `json:"span_id,omitempty"`
+	Endpoint      string         `json:"endpoint"`
+	Subject       pdp.Entity     `json:"subject"`
+	Action        pdp.Action     `json:"action"`
+	Resource      pdp.Entity     `json:"resource"`
+	Agent         *pdp.Agent     `json:"agent,omitempty"`
+	Delegation    pdp.Delegation `json:"delegation"`
+	Task          *pdp.Task      `json:"task,omitempty"`
+	Allow         bool           `json:"allow"`
+	Reasons       []string       `json:"reasons"`
+	Obligations   map[string]any `json:"obligations,omitempty"`
+	Policy        PolicyRef      `json:"policy"`
+	Error         string         `json:"error,omitempty"`
+	EvalNS        int64          `json:"eval_ns"`
+	PDP           Instance       `json:"pdp"`
+	Seq           uint64         `json:"seq,omitempty"`
+	PrevHash      string         `json:"prev_hash,omitempty"`
+	Hash          string         `json:"hash,omitempty"`
+}
+
+// PolicyRef names the policy that made a decision.
+type PolicyRef struct {
+	Query    string `json:"query"`
+	Revision string `json:"revision"`
+}
+
+// Instance names the custody process that made a decision.
+type Instance struct {
+	Instance string `json:"instance"`
+	Version  string `json:"version"`
+}
+
+// Outcome is "allow" or "deny", as used in subjects and headers.
+func (r *Record) Outcome() string {
+	if r.Allow {
+		return "allow"
+	}
+	return "deny"
+}
+
+// AgentID is the acting agent's ID, or "" when the call named none.
+func (r *Record) AgentID() string {
+	if r.Agent == nil {
+		return ""
+	}
+	return r.Agent.ID
+}

@@ -1,0 +1,231 @@
+package pdp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/bundle"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/rs/zerolog"
+)
+
+// DefaultQuery is the decision rule custody evaluates unless told otherwise.
+const DefaultQuery = "data.custody.authz.decision"
+
+// Reasons the engine itself gives when the policy could not decide.
+const (
+	// ReasonNoDecision: the decision rule was undefined for this input. Default-deny.
+	ReasonNoDecision = "no_decision"
+	// ReasonPolicyError: evaluation failed or the rule produced an unusable value.
+	ReasonPolicyError = "policy_error"
+)
+
+// ErrInvalidPolicySet is returned when a policy set cannot be compiled or prepared.
+var ErrInvalidPolicySet = errors.New("invalid policy set")
+
+// PolicySet is a loaded set of Rego modules and data, with the revision that names it.
+type PolicySet struct {
+	Bundle   *bundle.Bundle
+	Revision string // the manifest's revision, else a content hash
+	Source   string // where it came from, for operators
+}
+
+// PolicyInfo describes the policy set an engine is serving.
+type PolicyInfo struct {
+	Query    string
+	Revision string
+	Source   string
+	LoadedAt time.Time
+}
+
+// Decision is the outcome of one evaluation. A zero Decision is a deny.
+type Decision struct {
+	Allow       bool
+	Reasons     []string
+	Obligations map[string]any
+	Policy      PolicyInfo
+	// Err is set when the policy failed; the decision is then a deny with ReasonPolicyError.
+	Err error
+	// Duration is the time spent evaluating.
+	Duration time.Duration
+}
+
+// Engine decides requests against the policy set it last loaded. It is safe for concurrent use;
+// Load prepares a new policy set beside the current one and swaps it in atomically, so requests in
+// flight finish on the engine they started with.
+type Engine struct {
+	query  string
+	logger zerolog.Logger
+	now    func() time.Time
+	cur    atomic.Pointer[prepared]
+}
+
+type prepared struct {
+	pq   rego.PreparedEvalQuery
+	info PolicyInfo
+}
+
+// Option configures an Engine.
+type Option func(*Engine)
+
+// WithQuery sets the decision rule to evaluate, such as "data.custody.authz.decision".
+func WithQuery(q string) Option { return func(e *Engine) { e.query = q } }
+
+// WithLogger sets the engine's logger. The default discards.
+func WithLogger(l zerolog.Logger) Option { return func(e *Engine) { e.logger = l } }
+
+// WithClock sets the clock used to stamp loads and time evaluations.
+func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
+
+// New compiles set and returns an engine serving it.
+func New(ctx context.Context, set PolicySet, opts ...Option) (*Engine, error) {
+	e := &Engine{query: DefaultQuery, logger: zerolog.Nop(), now: time.Now}
+	for _, o := range opts {
+		o(e)
+	}
+	e.logger = e.logger.With().Str("component", "pdp").Logger()
+	if _, err := ast.ParseRef(e.query); err != nil {
+		return nil, fmt.Errorf("pdp: parse decision query %q: %w", e.query, err)
+	}
+	if err := e.Load(ctx, set); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Load compiles and prepares set, then makes it the engine's current policy set. On error the
+// previous policy set keeps serving.
+func (e *Engine) Load(ctx context.Context, set PolicySet) error {
+	if set.Bundle == nil {
+		return fmt.Errorf("pdp: load policy set: %w: no bundle", ErrInvalidPolicySet)
+	}
+	pq, err := rego.New(
+		rego.Query(e.query),
+		rego.ParsedBundle("custody", set.Bundle),
+	).PrepareForEval(ctx)
+	if err != nil {
+		return fmt.Errorf("pdp: prepare policy set %s: %w: %w", set.Source, ErrInvalidPolicySet, err)
+	}
+	p := &prepared{pq: pq, info: PolicyInfo{
+		Query:    e.query,
+		Revision: set.Revision,
+		Source:   set.Source,
+		LoadedAt: e.now().UTC(),
+	}}
+	e.cur.Store(p)
+	e.logger.Info().Str("revision", set.Revision).Str("source", set.Source).Str("query", e.query).Msg("policy set loaded")
+	return nil
+}
+
+// Policy describes the policy set currently served.
+func (e *Engine) Policy() PolicyInfo {
+	if p := e.cur.Load(); p != nil {
+		return p.info
+	}
+	return PolicyInfo{Query: e.query}
+}
+
+// Decide evaluates in against the current policy set. It never returns an allow unless the
+// policy produced one: undefined is a deny with ReasonNoDecision, and any error a deny with
+// ReasonPolicyError and Err set.
+func (e *Engine) Decide(ctx context.Context, in *Input) Decision {
+	p := e.cur.Load()
+	if p == nil {
+		return Decision{Reasons: []string{ReasonPolicyError}, Err: errors.New("pdp: no policy set loaded")}
+	}
+	start := e.now()
+	d := p.decide(ctx, in)
+	d.Duration = e.now().Sub(start)
+	d.Policy = p.info
+	return d
+}
+
+func (p *prepared) decide(ctx context.Context, in *Input) Decision {
+	value, err := ast.InterfaceToValue(in.Value())
+	if err != nil {
+		return policyError(fmt.Errorf("pdp: convert input: %w", err))
+	}
+	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(value))
+	if err != nil {
+		return policyError(fmt.Errorf("pdp: evaluate %s: %w", p.info.Query, err))
+	}
+	if len(rs) == 0 || len(rs[0].Expressions) == 0 {
+		return Decision{Reasons: []string{ReasonNoDecision}}
+	}
+	if len(rs) > 1 {
+		return policyError(fmt.Errorf("pdp: evaluate %s: %d results, want one", p.info.Query, len(rs)))
+	}
+	return interpret(rs[0].Expressions[0].Value)
+}
+
+// interpret turns the decision rule's value into a Decision. The rule may be a boolean or an
+// object {"allow": bool, "reasons": [string], "obligations": {...}}; anything else is an error,
+// since guessing at a malformed policy's intent could turn a mistake into an allow.
+func interpret(v any) Decision {
+	switch v := v.(type) {
+	case bool:
+		if v {
+			return Decision{Allow: true, Reasons: []string{}}
+		}
+		return Decision{Reasons: []string{"denied"}}
+	case map[string]any:
+		allow, ok := v["allow"].(bool)
+		if !ok {
+			return policyError(fmt.Errorf("pdp: decision.allow is %s, want boolean", typeName(v["allow"])))
+		}
+		d := Decision{Allow: allow, Reasons: []string{}}
+		switch rs := v["reasons"].(type) {
+		case nil:
+		case []any:
+			for _, r := range rs {
+				s, ok := r.(string)
+				if !ok {
+					return policyError(fmt.Errorf("pdp: decision.reasons holds a %s, want strings", typeName(r)))
+				}
+				d.Reasons = append(d.Reasons, s)
+			}
+			sort.Strings(d.Reasons) // policy sets are unordered; records should not churn
+		default:
+			return policyError(fmt.Errorf("pdp: decision.reasons is %s, want array", typeName(rs)))
+		}
+		switch ob := v["obligations"].(type) {
+		case nil:
+		case map[string]any:
+			d.Obligations = ob
+		default:
+			return policyError(fmt.Errorf("pdp: decision.obligations is %s, want object", typeName(ob)))
+		}
+		if !d.Allow && len(d.Reasons) == 0 {
+			d.Reasons = []string{"denied"}
+		}
+		return d
+	default:
+		return policyError(fmt.Errorf("pdp: decision is %s, want boolean or object", typeName(v)))
+	}
+}
+
+func policyError(err error) Decision {
+	return Decision{Reasons: []string{ReasonPolicyError}, Err: err}
+}
+
+func typeName(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null/undefined"
+	case bool:
+		return "boolean"
+	case string:
+		return "string"
+	case []any:
+		return "array"
+	case map[string]any:
+		return "object"
+	default:
+		return "number"
+	}
+}

@@ -1,0 +1,97 @@
+package pdp
+
+// Entity is an AuthZEN subject or resource: a typed identifier with free-form properties.
+type Entity struct {
+	Type       string         `json:"type"`
+	ID         string         `json:"id"`
+	Properties map[string]any `json:"properties,omitempty"`
+}
+
+// Action is an AuthZEN action. For an agent tool call, Name is the tool name and Properties
+// carries the MCP server and the call's arguments.
+type Action struct {
+	Name       string         `json:"name"`
+	Properties map[string]any `json:"properties,omitempty"`
+}
+
+// Agent is the acting workload, such as a SPIFFE ID of an agent deployment.
+type Agent struct {
+	ID         string         `json:"id"`
+	Type       string         `json:"type,omitempty"`
+	Properties map[string]any `json:"properties,omitempty"`
+}
+
+// Delegation says who delegated to whom and whether tokens proved it.
+type Delegation struct {
+	Verified bool  `json:"verified"`
+	Chain    []any `json:"chain"`
+}
+
+// Task identifies the unit of agent work a call belongs to. The prompt that started it is
+// never carried: only its keyed hash, IntentSHA256.
+type Task struct {
+	ID           string `json:"id,omitempty"`
+	ParentID     string `json:"parent_id,omitempty"`
+	Attempt      int64  `json:"attempt,omitempty"`
+	SessionID    string `json:"session_id,omitempty"`
+	IntentSHA256 string `json:"intent_sha256,omitempty"`
+}
+
+// Input is what a policy sees as `input`: AuthZEN's four entities plus the agent envelope.
+// Every endpoint builds this same shape.
+type Input struct {
+	Subject       Entity         `json:"subject"`
+	Action        Action         `json:"action"`
+	Resource      Entity         `json:"resource"`
+	Context       map[string]any `json:"context,omitempty"`
+	Agent         *Agent         `json:"agent,omitempty"`
+	Delegation    Delegation     `json:"delegation"`
+	Task          *Task          `json:"task,omitempty"`
+	CorrelationID string         `json:"correlation_id,omitempty"`
+}
+
+// Value returns the input as plain JSON-shaped Go values, the form OPA converts without a
+// JSON round trip.
+func (in *Input) Value() map[string]any {
+	v := map[string]any{
+		"subject":    entityValue(in.Subject),
+		"action":     map[string]any{"name": in.Action.Name, "properties": orEmpty(in.Action.Properties)},
+		"resource":   entityValue(in.Resource),
+		"context":    orEmpty(in.Context),
+		"delegation": map[string]any{"verified": in.Delegation.Verified, "chain": orEmptyList(in.Delegation.Chain)},
+	}
+	if in.Agent != nil {
+		v["agent"] = map[string]any{"id": in.Agent.ID, "type": in.Agent.Type, "properties": orEmpty(in.Agent.Properties)}
+	}
+	if in.Task != nil {
+		v["task"] = map[string]any{
+			"id":            in.Task.ID,
+			"parent_id":     in.Task.ParentID,
+			"attempt":       in.Task.Attempt,
+			"session_id":    in.Task.SessionID,
+			"intent_sha256": in.Task.IntentSHA256,
+		}
+	}
+	if in.CorrelationID != "" {
+		v["correlation_id"] = in.CorrelationID
+	}
+	return v
+}
+
+func entityValue(e Entity) map[string]any {
+	return map[string]any{"type": e.Type, "id": e.ID, "properties": orEmpty(e.Properties)}
+}
+
+func orEmpty(m map[string]any) map[string]any {
+	if m == nil {
+		return map[string]any{}
+	}
+	return m
+}
+
+func orEmptyList(l []any) []any {
+	if l == nil {
+		return []any{}
+	}
+	return l
+}

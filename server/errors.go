@@ -1,0 +1,97 @@
+package server
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+)
+
+// Stable error codes. Clients branch on these; never rename one.
+const (
+	CodeInvalidJSON            = "invalid_json"
+	CodeInvalidRequest         = "invalid_request"
+	CodeBodyTooLarge           = "body_too_large"
+	CodeUnsupportedMediaType   = "unsupported_media_type"
+	CodeDecisionLogUnavailable = "decision_log_unavailable"
+	CodeNotFound               = "not_found"
+	CodeMethodNotAllowed       = "method_not_allowed"
+	CodeNotReady               = "not_ready"
+	CodeInternal               = "internal_error"
+)
+
+// statusOf is the one table from error code to HTTP status.
+var statusOf = map[string]int{
+	CodeInvalidJSON:            http.StatusBadRequest,
+	CodeInvalidRequest:         http.StatusBadRequest,
+	CodeBodyTooLarge:           http.StatusRequestEntityTooLarge,
+	CodeUnsupportedMediaType:   http.StatusUnsupportedMediaType,
+	CodeDecisionLogUnavailable: http.StatusServiceUnavailable,
+	CodeNotFound:               http.StatusNotFound,
+	CodeMethodNotAllowed:       http.StatusMethodNotAllowed,
+	CodeNotReady:               http.StatusServiceUnavailable,
+	CodeInternal:               http.StatusInternalServerError,
+}
+
+// apiError is an error with a stable code, rendered as {"error":{"code","message"}}.
+type apiError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// denied is set when the error stands for a decision that is answered as a deny.
+	denied *deniedDecision
+}
+
+type deniedDecision struct{ decisionID, correlationID string }
+
+func (e *apiError) Error() string { return e.Code + ": " + e.Message }
+
+func errorf(code, message string) *apiError { return &apiError{Code: code, Message: message} }
+
+// errorBody is the JSON shape of every error answer. A deny that could not be recorded also
+// carries the decision's IDs and allow:false, so that a client reading only "allow" still denies.
+type errorBody struct {
+	Error         *apiError `json:"error"`
+	Allow         *bool     `json:"allow,omitempty"`
+	DecisionID    string    `json:"decision_id,omitempty"`
+	CorrelationID string    `json:"correlation_id,omitempty"`
+}
+
+func writeError(c echo.Context, e *apiError) error {
+	body := errorBody{Error: e}
+	if e.denied != nil {
+		deny := false
+		body.Allow, body.DecisionID, body.CorrelationID = &deny, e.denied.decisionID, e.denied.correlationID
+	}
+	return c.JSON(statusCode(e.Code), body)
+}
+
+func statusCode(code string) int {
+	if s, ok := statusOf[code]; ok {
+		return s
+	}
+	return http.StatusInternalServerError
+}
+
+// handleError renders errors that escape handlers, including echo's own 404 and 405.
+func (s *Server) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	var ae *apiError
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &ae):
+	case errors.As(err, &he) && he.Code == http.StatusNotFound:
+		ae = errorf(CodeNotFound, "no such endpoint: "+c.Request().Method+" "+c.Request().URL.Path)
+	case errors.As(err, &he) && he.Code == http.StatusMethodNotAllowed:
+		ae = errorf(CodeMethodNotAllowed, "method "+c.Request().Method+" not allowed on "+c.Request().URL.Path)
+	case errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge:
+		ae = errorf(CodeBodyTooLarge, "request body too large")
+	default:
+		s.logger.Error().Err(err).Str("path", c.Request().URL.Path).Msg("unhandled error")
+		ae = errorf(CodeInternal, "internal error")
+	}
+	if werr := writeError(c, ae); werr != nil {
+		s.logger.Debug().Err(werr).Msg("write error response")
+	}
+}
