@@ -146,6 +146,9 @@ func (e *Engine) Decide(ctx context.Context, in *Input) Decision {
 }
 
 func (p *prepared) decide(ctx context.Context, in *Input) Decision {
+	if err := ctx.Err(); err != nil { // OPA checks cancellation only between steps
+		return policyError(fmt.Errorf("pdp: evaluate %s: %w", p.info.Query, err))
+	}
 	value, err := ast.InterfaceToValue(in.Value())
 	if err != nil {
 		return policyError(fmt.Errorf("pdp: convert input: %w", err))

@@ -142,14 +142,20 @@ malformed_fields contains "input" if not input_is_object
 input_is_object if is_object(input)
 
 malformed_fields contains concat(".", path) if {
+	input_is_object
 	some path, want in expected_types
-	walk(input, [path, value]) # with a ground path: just a lookup that tells present-but-null from absent
+	value := object.get(input, path, absent) # tells present-but-null from absent
+	value != absent
 	type_name(value) != want
 }
 
+# A marker no JSON input can contain (a set), for "this field is absent".
+absent := {"custody: absent"}
+
 malformed_fields contains concat(".", path) if {
+	input_is_object
 	some path in string_lists
-	walk(input, [path, list])
+	list := object.get(input, path, absent)
 	is_array(list)
 	some element in list
 	not is_string(element)

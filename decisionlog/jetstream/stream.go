@@ -40,6 +40,9 @@ func (c *StreamConfig) SetDefaults() {
 	}
 	if c.DuplicateWindow == 0 {
 		c.DuplicateWindow = DefaultDuplicateWindow
+		if c.Retention > 0 && c.Retention < c.DuplicateWindow {
+			c.DuplicateWindow = c.Retention // JetStream refuses a window longer than max age
+		}
 	}
 }
 

@@ -1,0 +1,233 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/custodyhq/custody/decisionlog"
+)
+
+// binary is the custody binary built once for all tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "custody-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "custody")
+	build := exec.Command("go", "build", "-o", binary, "github.com/custodyhq/custody/cmd/custody")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build custody:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// custody is one running `custody serve` process.
+type custody struct {
+	cmd     *exec.Cmd
+	HTTP    string // base URL
+	NATS    string
+	DataDir string
+
+	mu     sync.Mutex
+	logs   bytes.Buffer
+	exited chan struct{}
+}
+
+// startCustody runs `custody serve` on free ports with its data in dataDir (a new temp dir when
+// empty) and returns once it logged that it is serving.
+func startCustody(t *testing.T, dataDir string, args ...string) *custody {
+	t.Helper()
+	if dataDir == "" {
+		dataDir = t.TempDir()
+	}
+	full := append([]string{"serve", "--addr", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "debug"}, args...)
+	c := &custody{cmd: exec.Command(binary, full...), DataDir: dataDir, exited: make(chan struct{})}
+	stderr, err := c.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan map[string]any, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			c.mu.Lock()
+			c.logs.Write(line)
+			c.logs.WriteByte('\n')
+			c.mu.Unlock()
+			var entry map[string]any
+			if json.Unmarshal(line, &entry) == nil && entry["message"] == "custody serving" {
+				started <- entry
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+	go func() { _ = c.cmd.Wait(); close(c.exited) }()
+	t.Cleanup(func() { c.Kill() })
+	select {
+	case entry := <-started:
+		c.HTTP = "http://" + entry["http_addr"].(string)
+		c.NATS = entry["nats_url"].(string)
+	case <-c.exited:
+		t.Fatalf("custody exited before serving:\n%s", c.Logs())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("custody did not start:\n%s", c.Logs())
+	}
+	return c
+}
+
+// Logs returns everything the process logged so far.
+func (c *custody) Logs() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.logs.String()
+}
+
+// Stop sends SIGTERM and waits for a graceful exit.
+func (c *custody) Stop(t *testing.T) {
+	t.Helper()
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+		if code := c.cmd.ProcessState.ExitCode(); code != 0 {
+			t.Errorf("custody exited with %d after SIGTERM:\n%s", code, c.Logs())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("custody did not stop after SIGTERM")
+	}
+}
+
+// Kill ends the process at once, as a crash would.
+func (c *custody) Kill() {
+	_ = c.cmd.Process.Kill()
+	<-c.exited
+}
+
+// answer is what a caller learned from one POST /v1/authorize.
+type answer struct {
+	Status        int
+	DecisionID    string `json:"decision_id"`
+	CorrelationID string `json:"correlation_id"`
+	Allow         bool   `json:"allow"`
+	Reasons       []string
+	Error         *struct{ Code, Message string }
+}
+
+func authorize(t testing.TB, client *http.Client, base, body string, headers ...string) (answer, error) {
+	req, err := http.NewRequest(http.MethodPost, base+"/v1/authorize", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return answer{}, err
+	}
+	defer resp.Body.Close()
+	var a answer
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return answer{}, err
+	}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return answer{}, fmt.Errorf("status %d, body not JSON: %q", resp.StatusCode, raw)
+	}
+	a.Status = resp.StatusCode
+	if hc := resp.Header.Get("X-Correlation-ID"); a.Status == http.StatusOK && hc != a.CorrelationID {
+		return a, fmt.Errorf("X-Correlation-ID %q differs from body %q", hc, a.CorrelationID)
+	}
+	return a, nil
+}
+
+// streamMsg is one message read back from the CUSTODY stream.
+type streamMsg struct {
+	Subject string
+	Header  nats.Header
+	Data    []byte
+	Record  decisionlog.Record
+}
+
+// readStream returns every message in the CUSTODY stream, in order.
+func readStream(t *testing.T, natsURL string) []streamMsg {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatalf("connect to %s: %v", natsURL, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stream, err := js.Stream(ctx, decisionlog.StreamName)
+	if err != nil {
+		t.Fatalf("stream %s: %v", decisionlog.StreamName, err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := int(info.State.Msgs)
+	var out []streamMsg
+	if total == 0 {
+		return nil
+	}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(out) < total {
+		batch, err := cons.Fetch(min(total-len(out), 500), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			m := streamMsg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()}
+			if err := json.Unmarshal(msg.Data(), &m.Record); err != nil {
+				t.Fatalf("record on %s is not JSON: %v", m.Subject, err)
+			}
+			out = append(out, m)
+		}
+		if batch.Error() != nil {
+			t.Fatalf("fetch: %v", batch.Error())
+		}
+		if n == 0 {
+			t.Fatalf("stream reports %d messages but only %d could be read", total, len(out))
+		}
+	}
+	return out
+}
