@@ -25,6 +25,7 @@ type Record struct {
 	Resource      pdp.Entity     `json:"resource"`
 	Agent         *pdp.Agent     `json:"agent,omitempty"`
 	Delegation    pdp.Delegation `json:"delegation"`
+	Caller        *Caller        `json:"caller,omitempty"`
 	Task          *pdp.Task      `json:"task,omitempty"`
 	Allow         bool           `json:"allow"`
 	Reasons       []string       `json:"reasons"`
@@ -36,6 +37,14 @@ type Record struct {
 	Seq           uint64         `json:"seq,omitempty"`
 	PrevHash      string         `json:"prev_hash,omitempty"`
 	Hash          string         `json:"hash,omitempty"`
+}
+
+// Caller is who authenticated the request, when anyone did: an API key's name, a token's
+// subject, or a client certificate's SPIFFE ID. Never the credential itself.
+type Caller struct {
+	Method   string `json:"method"`
+	ID       string `json:"id"`
+	Workload string `json:"workload,omitempty"`
 }
 
 // PolicyRef names the policy that made a decision.

@@ -92,6 +92,17 @@ deny_reasons contains "user_lacks_scope" if {
 	not tool.scope in user_scopes
 }
 
+# High-risk tools act only on delegation that a trusted issuer proved (a verified
+# token chain): an asserted "I act for alice" is not enough to move money or
+# delete files. Low- and medium-risk tools still work for asserted identities,
+# and every record says which it was.
+deny_reasons contains "unverified_delegation" if {
+	tool.risk == "high"
+	not delegation_verified
+}
+
+delegation_verified if input.delegation.verified == true
+
 # An agent may not modify another user's resource just because its user holds
 # the scope; only admins may.
 deny_reasons contains "resource_owned_by_other_user" if {

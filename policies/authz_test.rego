@@ -538,3 +538,24 @@ test_search_actions_are_known_tools[name] if {
 	not "unknown_tool" in d.reasons
 	not "tool_not_on_agent_server" in d.reasons
 }
+
+test_high_risk_needs_verified_delegation if {
+	req := with_field(call(ops, "delete_file", "filesystem"), "/delegation", {"verified": false, "chain": []})
+	d := authz.decision with input as req
+	not d.allow
+	d.reasons == ["unverified_delegation"]
+	d.obligations == {}
+}
+
+test_high_risk_delegation_must_be_exactly_true if {
+	req := with_field(call(ops, "delete_file", "filesystem"), "/delegation", {"verified": "true"})
+	d := authz.decision with input as req
+	not d.allow
+	"unverified_delegation" in d.reasons
+}
+
+test_low_risk_allowed_for_asserted_delegation if {
+	req := with_field(call(ops, "read_file", "filesystem"), "/delegation", {"verified": false, "chain": []})
+	d := authz.decision with input as req
+	d.allow
+}
