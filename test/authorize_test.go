@@ -168,13 +168,14 @@ func TestEveryAnsweredDecisionIsOnTheStream(t *testing.T) {
 	c.Stop(t)
 }
 
-// TestNATSDownAnswers503Deny runs custody against an external NATS server, stops that server, and
-// checks that decisions become 503 denies and recover when NATS returns; every 200 is on the stream.
+// TestNATSDownAnswers503Deny runs custody in ack mode against an external NATS server, stops that
+// server, and checks that decisions become 503 denies and recover when NATS returns; every 200 is
+// on the stream.
 func TestNATSDownAnswers503Deny(t *testing.T) {
 	natsDir := t.TempDir()
 	ns := natstest.StartAt(t, "127.0.0.1:0", natsDir)
 	listen := ns.Addr().String()
-	c := startCustody(t, "", "--nats-url", ns.ClientURL(), "--publish-timeout", "500ms")
+	c := startCustody(t, "", "--nats-url", ns.ClientURL(), "--publish-timeout", "500ms", "--record-mode", "ack")
 	client := &http.Client{Timeout: 30 * time.Second}
 
 	var answered []answer

@@ -177,8 +177,21 @@ type streamMsg struct {
 	Record  decisionlog.Record
 }
 
-// readStream returns every message in the CUSTODY stream, in order.
+// readStream returns every decision record in the CUSTODY stream, in order. Checkpoints and
+// other record kinds are left out; readAll keeps them.
 func readStream(t *testing.T, natsURL string) []streamMsg {
+	t.Helper()
+	var out []streamMsg
+	for _, m := range readAll(t, natsURL) {
+		if strings.HasPrefix(m.Subject, decisionlog.DecisionPrefix+".") {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// readAll returns every message in the CUSTODY stream, in order.
+func readAll(t *testing.T, natsURL string) []streamMsg {
 	t.Helper()
 	nc, err := nats.Connect(natsURL)
 	if err != nil {

@@ -33,6 +33,11 @@ type Sink struct {
 	mu       sync.RWMutex // guards closed against in-flight Adds
 	closed   bool
 	inflight sync.WaitGroup
+
+	chainMu sync.Mutex // serialises chained publishes
+	chain   *chainState
+	now     func() time.Time
+	stop    context.CancelFunc
 }
 
 var _ decisionlog.Publisher = (*Sink)(nil)
@@ -48,11 +53,16 @@ func WithLogger(l zerolog.Logger) Option { return func(s *Sink) { s.logger = l }
 
 // NewSink returns a sink publishing through js.
 func NewSink(js publisher, opts ...Option) *Sink {
-	s := &Sink{js: js, timeout: DefaultPublishTimeout, logger: zerolog.Nop()}
+	s := &Sink{js: js, timeout: DefaultPublishTimeout, logger: zerolog.Nop(), now: time.Now}
 	for _, o := range opts {
 		o(s)
 	}
 	s.logger = s.logger.With().Str("component", "decisionlog.jetstream").Logger()
+	if s.chain != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stop = cancel
+		go s.runCheckpoints(ctx)
+	}
 	return s
 }
 
@@ -70,15 +80,27 @@ func (s *Sink) Publish(ctx context.Context, r *decisionlog.Record) error {
 	s.mu.RUnlock()
 	defer s.inflight.Done()
 
+	if s.chain != nil {
+		return s.publishChained(ctx, r)
+	}
 	data, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("jetstream: encode record: %w: %w", decisionlog.ErrUnavailable, err)
 	}
+	return s.send(ctx, r, s.decisionMsg(r, data))
+}
+
+func (s *Sink) decisionMsg(r *decisionlog.Record, body []byte) *nats.Msg {
 	msg := nats.NewMsg(decisionlog.DecisionSubject(r))
-	msg.Data = data
+	msg.Data = body
 	msg.Header.Set(decisionlog.HeaderCorrelationID, r.CorrelationID)
 	msg.Header.Set(decisionlog.HeaderDecision, r.Outcome())
+	return msg
+}
 
+// send publishes msg and waits for the ack, detached from ctx's cancellation and bounded by the
+// publish timeout.
+func (s *Sink) send(ctx context.Context, r *decisionlog.Record, msg *nats.Msg) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
 	ack, err := s.js.PublishMsg(ctx, msg,
@@ -107,6 +129,12 @@ func (s *Sink) Close(ctx context.Context) error {
 	go func() { s.inflight.Wait(); close(done) }()
 	select {
 	case <-done:
+		if s.chain != nil {
+			s.stop()
+			if err := s.Checkpoint(ctx); err != nil { // leave a signed head behind
+				return err
+			}
+		}
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("jetstream: close sink: %w", ctx.Err())

@@ -39,7 +39,13 @@ func Shutdown(ns *server.Server) {
 // Connect opens a client connection to ns, closed when t ends.
 func Connect(t testing.TB, ns *server.Server) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(ns.ClientURL(), nats.Timeout(5*time.Second))
+	return ConnectURL(t, ns.ClientURL())
+}
+
+// ConnectURL opens a client connection to url that keeps reconnecting, closed when t ends.
+func ConnectURL(t testing.TB, url string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.Timeout(5*time.Second), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatalf("connect to NATS: %v", err)
 	}
