@@ -46,6 +46,8 @@ commands:
   serve    run the PDP: HTTP API, embedded NATS JetStream, default policies
   tail     follow the decision stream
   eval     evaluate one policy input offline, for policy authors
+  export   write the decision stream to a file, one message per line
+  verify   check the stream's hash chains and signed checkpoints; non-zero exit on any break
   version  print the version
 
 Run 'custody <command> -h' for a command's flags.
@@ -64,6 +66,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runTail(ctx, rest, stdout, stderr)
 	case "eval":
 		return runEval(ctx, rest, stdout, stderr)
+	case "export":
+		return runExport(ctx, rest, stdout, stderr)
+	case "verify":
+		return runVerify(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "custody", version())
 		return nil

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/custodyhq/custody/decisionlog"
+)
+
+// Reading the stream: messages per fetch, and how long to wait for a fetch that should not be
+// empty before giving up.
+const (
+	exportFetchBatch = 500
+	exportFetchWait  = 5 * time.Second
+)
+
+// runExport implements `custody export`: every message body of the CUSTODY stream (decisions
+// and checkpoints), one per line, in stream order, as `custody verify --file` reads them.
+func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("export", stderr)
+	var natsURL, creds, since, corr, out string
+	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
+	fs.StringVar(&creds, "nats-creds", "", "NATS credentials `file`")
+	fs.StringVar(&since, "since", "", "start at this `time`: a duration ago such as 24h, or an RFC 3339 time (default: the first message)")
+	fs.StringVar(&corr, "correlation-id", "", "only the decision records of this correlation `id` (such an export cannot be chain-verified)")
+	fs.StringVar(&out, "out", "", "write to this `file` instead of standard output")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	start, err := parseSince(since, time.Now())
+	if err != nil {
+		return fmt.Errorf("%w: --since %q: %w", errUsage, since, err)
+	}
+	var filter string
+	if corr != "" {
+		filter = decisionlog.DecisionFilter("", "", "", corr)
+		fmt.Fprintf(stderr, "custody export: only the decisions of correlation ID %q: without the rest of each chain and without checkpoints, this export cannot be chain-verified\n", corr)
+	}
+	if !start.IsZero() {
+		fmt.Fprintf(stderr, "custody export: from %s: earlier messages are left out, and custody verify checks each chain from where the file begins\n", start.UTC().Format(time.RFC3339))
+	}
+
+	nc, err := dialNATS(natsURL, creds, "custody export")
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("export: jetstream: %w", err)
+	}
+
+	w, commit, abort, err := exportWriter(out, stdout)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	bw := bufio.NewWriter(w)
+	n := 0
+	err = readStream(ctx, js, filter, start, func(m jetstream.Msg, seq uint64) error {
+		if bytes.ContainsAny(m.Data(), "\r\n") {
+			return fmt.Errorf("message %d on %s holds a line break, which an export file cannot: verify the live stream instead (custody verify --nats-url)", seq, m.Subject())
+		}
+		if _, err := bw.Write(m.Data()); err != nil {
+			return err
+		}
+		n++
+		return bw.WriteByte('\n')
+	})
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		err = commit()
+	}
+	if err != nil {
+		abort()
+		return fmt.Errorf("export: %w", err)
+	}
+	dest := "standard output"
+	if out != "" {
+		dest = out
+	}
+	fmt.Fprintf(stderr, "custody export: %d messages to %s\n", n, dest)
+	return nil
+}
+
+// exportWriter returns where the export goes. A file is written beside its final name and
+// renamed into place by commit, so that a failed export never leaves a partial file that reads
+// as a truncated stream; abort removes it.
+func exportWriter(path string, stdout io.Writer) (w io.Writer, commit func() error, abort func(), err error) {
+	if path == "" {
+		return stdout, func() error { return nil }, func() {}, nil
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.partial")
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("create %s: %w", path, err)
+	}
+	commit = func() error {
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		if err := os.Rename(f.Name(), path); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		return nil
+	}
+	abort = func() {
+		f.Close()
+		os.Remove(f.Name())
+	}
+	return f, commit, abort, nil
+}
+
+// parseSince reads --since: "" (from the start), a positive duration before now, or an RFC 3339
+// time.
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		if d <= 0 {
+			return time.Time{}, errors.New("want a positive duration")
+		}
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, errors.New("want a duration such as 24h or an RFC 3339 time such as 2026-11-27T06:00:00Z")
+	}
+	if t.After(now) {
+		return time.Time{}, errors.New("is in the future")
+	}
+	return t, nil
+}
+
+// dialNATS connects to the NATS server at url, with a credentials file when creds is set.
+func dialNATS(url, creds, name string) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name(name), nats.Timeout(5 * time.Second)}
+	if creds != "" {
+		opts = append(opts, nats.UserCredentials(creds))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
+	}
+	return nc, nil
+}
+
+// readStream calls fn with each message of the CUSTODY stream on filter ("" for all of
+// custody.>) from start (zero for the first), in stream order, with its stream sequence. It
+// reads with an ordered consumer and returns once it has passed the last message the stream held
+// when it began, or the last that matched: it does not wait for new ones.
+func readStream(ctx context.Context, js jetstream.JetStream, filter string, start time.Time, fn func(m jetstream.Msg, seq uint64) error) error {
+	stream, err := js.Stream(ctx, decisionlog.StreamName)
+	if err != nil {
+		return fmt.Errorf("open stream %s: %w", decisionlog.StreamName, err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("stream %s: info: %w", decisionlog.StreamName, err)
+	}
+	last := info.State.LastSeq
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	if filter != "" {
+		cfg.FilterSubjects = []string{filter}
+	}
+	if !start.IsZero() {
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
+	}
+	cons, err := stream.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("stream %s: consumer: %w", decisionlog.StreamName, err)
+	}
+	for first := true; ; first = false {
+		var batch jetstream.MessageBatch
+		if first {
+			// Creates the consumer, whose info then says whether anything matches at all.
+			batch, err = cons.FetchNoWait(exportFetchBatch)
+		} else {
+			batch, err = cons.Fetch(exportFetchBatch, jetstream.FetchMaxWait(exportFetchWait))
+		}
+		if err != nil {
+			return fmt.Errorf("stream %s: fetch: %w", decisionlog.StreamName, err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			md, err := m.Metadata()
+			if err != nil {
+				return fmt.Errorf("stream %s: message metadata: %w", decisionlog.StreamName, err)
+			}
+			seq := md.Sequence.Stream
+			if seq > last {
+				return nil
+			}
+			if err := fn(m, seq); err != nil {
+				return err
+			}
+			if seq == last || md.NumPending == 0 {
+				return nil
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return fmt.Errorf("stream %s: fetch: %w", decisionlog.StreamName, err)
+		}
+		if n == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if ci := cons.CachedInfo(); first && ci != nil && ci.NumPending == 0 {
+				return nil // nothing matches
+			}
+			if !first {
+				return fmt.Errorf("stream %s: no message within %s, although more were pending", decisionlog.StreamName, exportFetchWait)
+			}
+		}
+	}
+}

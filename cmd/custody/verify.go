@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/custodyhq/custody/decisionlog"
+	"github.com/custodyhq/custody/decisionlog/verify"
+)
+
+// errVerifyFailed is returned, wrapped, when the stream shows a break or, with
+// --require-signed, an instance without a verified checkpoint.
+var errVerifyFailed = errors.New("verification failed")
+
+// runVerify implements `custody verify`: it checks the hash chains and signed checkpoints of the
+// live stream or of an export file, prints a summary, and fails on any break.
+func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("verify", stderr)
+	var (
+		natsURL, creds, file string
+		pubkeys              stringList
+		requireSigned        bool
+	)
+	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url` whose CUSTODY stream to verify")
+	fs.StringVar(&creds, "nats-creds", "", "NATS credentials `file`")
+	fs.StringVar(&file, "file", "", "verify this export `file` (from custody export; - for standard input) instead of the live stream")
+	fs.Var(&pubkeys, "pubkey", "checkpoint verifier `key` as custody keys prints it, or @file with one key per line; repeatable")
+	fs.BoolVar(&requireSigned, "require-signed", false, "also fail unless every instance with chained records has a checkpoint verified by a --pubkey")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	verifiers, err := loadVerifiers(pubkeys)
+	if err != nil {
+		return fmt.Errorf("%w: --pubkey: %w", errUsage, err)
+	}
+	if requireSigned && verifiers == nil {
+		return fmt.Errorf("%w: --require-signed needs at least one --pubkey", errUsage)
+	}
+
+	c := verify.NewChecker(verifiers)
+	if file != "" {
+		err = checkFile(file, c)
+	} else {
+		err = checkStream(ctx, natsURL, creds, c)
+	}
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	rep := c.Report()
+	if err := rep.Summary(stdout); err != nil {
+		return fmt.Errorf("verify: write summary: %w", err)
+	}
+	var unsigned int
+	if requireSigned {
+		for _, ch := range rep.Chains {
+			if ch.Records > 0 && ch.CheckpointsVerified == 0 {
+				unsigned++
+				fmt.Fprintf(stdout, "UNSIGNED: instance %s has no checkpoint verified by the given keys (--require-signed)\n", ch.Instance)
+			}
+		}
+	}
+	switch {
+	case !rep.OK():
+		return fmt.Errorf("verify: %w: %s", errVerifyFailed, nounCount(len(rep.Breaks), "break", "breaks"))
+	case unsigned > 0:
+		return fmt.Errorf("verify: %w: %s without a verified checkpoint", errVerifyFailed, nounCount(unsigned, "instance", "instances"))
+	}
+	return nil
+}
+
+func nounCount(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+// loadVerifiers reads --pubkey values: verifier keys, or @file naming a file of them, one per
+// line (blank lines and # comments skipped). None gives nil: signatures are then not checked.
+func loadVerifiers(values []string) (note.Verifiers, error) {
+	var keys []string
+	seen := map[string]bool{}
+	add := func(k string) {
+		if !seen[k] { // the same key twice makes note lookups ambiguous
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	for _, v := range values {
+		path, ok := strings.CutPrefix(v, "@")
+		if !ok {
+			add(strings.TrimSpace(v))
+			continue
+		}
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		found := 0
+		for line := range strings.Lines(string(raw)) {
+			if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+				add(line)
+				found++
+			}
+		}
+		if found == 0 {
+			return nil, fmt.Errorf("%s holds no key", path)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	return decisionlog.NewVerifiers(keys...)
+}
+
+// checkFile feeds c the lines of an export file, or of standard input for "-".
+func checkFile(path string, c *verify.Checker) error {
+	r := io.Reader(os.Stdin)
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		r = f
+	}
+	br := bufio.NewReader(r)
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(line) > 0 {
+			line = bytes.TrimSuffix(line, []byte("\n"))
+			line = bytes.TrimSuffix(line, []byte("\r")) // export never writes one: a CRLF copy
+			c.Add(verify.Message{Data: line})
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", path, err)
+		}
+	}
+}
+
+// checkStream feeds c every message of the live CUSTODY stream, with its subject.
+func checkStream(ctx context.Context, url, creds string, c *verify.Checker) error {
+	nc, err := dialNATS(url, creds, "custody verify")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	return readStream(ctx, js, "", time.Time{}, func(m jetstream.Msg, _ uint64) error {
+		c.Add(verify.Message{Subject: m.Subject(), Data: m.Data()})
+		return nil
+	})
+}
