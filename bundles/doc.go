@@ -1,3 +1,4 @@
-// Package bundles loads custody policy sets: a directory of Rego and data files, an OPA bundle
-// tarball, or an embedded file system, each named by a revision.
+// Package bundles loads custody policy sets (a directory of Rego and data files, an OPA bundle
+// tarball, or an embedded file system), checks their signatures, names each by a revision, and
+// reloads them into the engine when they change.
 package bundles

@@ -1,13 +1,16 @@
 package bundles
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -27,16 +30,133 @@ func skipTests(_ string, info fs.FileInfo, _ int) bool {
 }
 
 // Load reads the policy set at path: a directory (Rego, data.json/data.yaml, .manifest) or an
-// OPA bundle .tar.gz as `opa build` makes it.
-func Load(path string) (pdp.PolicySet, error) {
-	if _, err := os.Stat(path); err != nil {
+// OPA bundle .tar.gz as `opa build` makes it. With WithVerification, the bundle must carry a
+// valid .signatures.json; without it, a signed bundle is refused, as `opa run` refuses one it
+// has no key for.
+func Load(path string, opts ...LoadOption) (pdp.PolicySet, error) {
+	o := newLoadOptions(opts)
+	fi, err := os.Stat(path)
+	if err != nil {
 		return pdp.PolicySet{}, fmt.Errorf("bundles: stat %s: %w: %w", path, ErrLoad, err)
 	}
-	b, err := loader.NewFileLoader().WithFilter(skipTests).AsBundle(path)
-	if err != nil {
-		return pdp.PolicySet{}, fmt.Errorf("bundles: read %s: %w: %w", path, ErrLoad, err)
+	if !fi.IsDir() {
+		// Read the tarball here rather than through OPA's file loader, which leaves the file
+		// open: a watcher reloads many times.
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return pdp.PolicySet{}, fmt.Errorf("bundles: read %s: %w: %w", path, ErrLoad, err)
+		}
+		return readTarball(raw, path, o)
 	}
-	return newSet(b, path)
+	// A directory reached through a symbolic link is read where the link points, so that a
+	// multi-file policy set can be replaced at once by swapping the link.
+	root := path
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		root = real
+	}
+	b, err := o.read(path, func(vc *bundle.VerificationConfig, skipVerify bool, filter loader.Filter) (*bundle.Bundle, error) {
+		return loader.NewFileLoader().
+			WithFilter(filter).
+			WithBundleVerificationConfig(vc).
+			WithSkipBundleVerification(skipVerify).
+			AsBundle(root)
+	})
+	if err != nil {
+		return pdp.PolicySet{}, err
+	}
+	return newSet(b, path, root)
+}
+
+// Read reads an OPA bundle .tar.gz from r; source names it in logs, errors and, when the bundle
+// has no manifest revision, nowhere else. Options are those of Load.
+func Read(r io.Reader, source string, opts ...LoadOption) (pdp.PolicySet, error) {
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		return pdp.PolicySet{}, fmt.Errorf("bundles: read %s: %w: %w", source, ErrLoad, err)
+	}
+	return readTarball(raw, source, newLoadOptions(opts))
+}
+
+func readTarball(raw []byte, source string, o loadOptions) (pdp.PolicySet, error) {
+	b, err := o.read(source, func(vc *bundle.VerificationConfig, skipVerify bool, filter loader.Filter) (*bundle.Bundle, error) {
+		tl := bundle.NewTarballLoaderWithBaseURL(bytes.NewReader(raw), source).WithFilter(filter)
+		b, err := bundle.NewCustomReader(tl).
+			WithBundleVerificationConfig(vc).
+			WithSkipBundleVerification(skipVerify).
+			WithBundleName(source).
+			Read()
+		return &b, err
+	})
+	if err != nil {
+		return pdp.PolicySet{}, err
+	}
+	return newSet(b, source, source)
+}
+
+// LoadOption configures Load and Read.
+type LoadOption func(*loadOptions)
+
+type loadOptions struct {
+	verify *bundle.VerificationConfig
+	skip   bool
+}
+
+func newLoadOptions(opts []LoadOption) loadOptions {
+	var o loadOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// WithVerification requires every bundle to carry a .signatures.json that verifies with vc, as
+// made by `opa build --signing-key` or `opa sign`. A nil vc is the same as no option. Build vc
+// with VerifyConfig.Verification.
+func WithVerification(vc *bundle.VerificationConfig) LoadOption {
+	return func(o *loadOptions) { o.verify = vc }
+}
+
+// SkipVerification reads signed bundles without checking their signatures, as `opa eval` does.
+// It is for offline tools such as `custody eval`, never for a server; WithVerification wins.
+func SkipVerification() LoadOption {
+	return func(o *loadOptions) { o.skip = true }
+}
+
+// readFunc reads a bundle once, checking signatures with vc unless skipVerify, leaving out the
+// files filter matches.
+type readFunc func(vc *bundle.VerificationConfig, skipVerify bool, filter loader.Filter) (*bundle.Bundle, error)
+
+// read reads a bundle with OPA's reader, which checks signatures, and tells a signature failure
+// from a bundle that cannot be read at all by reading again without the check.
+func (o loadOptions) read(source string, read readFunc) (*bundle.Bundle, error) {
+	// A signature covers every file in the bundle, Rego tests included, so a verified read
+	// takes them all and drops the tests after.
+	var filter loader.Filter = skipTests
+	if o.verify != nil {
+		filter = nil
+	}
+	b, err := read(o.verify, o.skip && o.verify == nil, filter)
+	if err == nil {
+		dropTests(b)
+		return b, nil
+	}
+	if _, rerr := read(nil, true, filter); rerr == nil {
+		if o.verify == nil {
+			return nil, fmt.Errorf("bundles: verify %s: %w: the bundle is signed (.signatures.json) but no verification key is configured", source, ErrSignature)
+		}
+		return nil, fmt.Errorf("bundles: verify %s: %w: %w", source, ErrSignature, err)
+	}
+	return nil, fmt.Errorf("bundles: read %s: %w: %w", source, ErrLoad, err)
+}
+
+func dropTests(b *bundle.Bundle) {
+	mods := b.Modules[:0]
+	for _, m := range b.Modules {
+		if !strings.HasSuffix(m.Path, "_test.rego") {
+			mods = append(mods, m)
+		}
+	}
+	b.Modules = mods
 }
 
 // FromFS reads a policy set laid out as a bundle directory in fsys, such as the embedded default
@@ -50,16 +170,18 @@ func FromFS(fsys fs.FS, source string) (pdp.PolicySet, error) {
 	if err != nil {
 		return pdp.PolicySet{}, fmt.Errorf("bundles: read %s: %w: %w", source, ErrLoad, err)
 	}
-	return newSet(&b, source)
+	return newSet(&b, source, source)
 }
 
-func newSet(b *bundle.Bundle, source string) (pdp.PolicySet, error) {
+// newSet names b by its manifest revision, else by its content hash, its module paths taken
+// relative to root.
+func newSet(b *bundle.Bundle, source, root string) (pdp.PolicySet, error) {
 	if len(b.Modules) == 0 {
 		return pdp.PolicySet{}, fmt.Errorf("bundles: read %s: %w: no Rego modules", source, ErrLoad)
 	}
 	rev := b.Manifest.Revision
 	if rev == "" {
-		h, err := ContentHash(b, source)
+		h, err := ContentHash(b, root)
 		if err != nil {
 			return pdp.PolicySet{}, fmt.Errorf("bundles: hash %s: %w", source, err)
 		}

@@ -84,6 +84,20 @@ func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = n
 
 // New compiles set and returns an engine serving it.
 func New(ctx context.Context, set PolicySet, opts ...Option) (*Engine, error) {
+	e, err := NewEmpty(opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.Load(ctx, set); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// NewEmpty returns an engine with no policy set loaded, for a policy set that arrives later,
+// such as from an object store. Until Load succeeds it denies every request with
+// ReasonPolicyError and Policy().Revision is empty.
+func NewEmpty(opts ...Option) (*Engine, error) {
 	e := &Engine{query: DefaultQuery, logger: zerolog.Nop(), now: time.Now}
 	for _, o := range opts {
 		o(e)
@@ -91,9 +105,6 @@ func New(ctx context.Context, set PolicySet, opts ...Option) (*Engine, error) {
 	e.logger = e.logger.With().Str("component", "pdp").Logger()
 	if _, err := ast.ParseRef(e.query); err != nil {
 		return nil, fmt.Errorf("pdp: parse decision query %q: %w", e.query, err)
-	}
-	if err := e.Load(ctx, set); err != nil {
-		return nil, err
 	}
 	return e, nil
 }

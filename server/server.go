@@ -47,6 +47,7 @@ type Server struct {
 	ready    map[string]ReadyCheck
 	registry *prometheus.Registry
 	metrics  *metrics
+	policy   PolicyReporter // serves GET /v1/policy when set
 
 	echo *echo.Echo
 }
@@ -107,6 +108,7 @@ func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.I
 	e.POST("/v1/authorize", s.authorize)
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
+	s.routePolicy(e)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})))
 	s.echo = e
 	return s

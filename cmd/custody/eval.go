@@ -31,11 +31,18 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&policiesPath, "policies", "", "policy set directory or bundle .tar.gz (default: the embedded policies)")
 	fs.StringVar(&decision, "decision", pdp.DefaultQuery, "the decision rule to evaluate")
 	fs.StringVar(&inputPath, "input", "-", "policy input JSON file, or - for stdin")
+	var verify verifyFlags
+	verify.flags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	// Offline, like opa eval: a signed bundle is read without checking its signature unless a
+	// key is given, so that CI can check signing too.
+	loadOpts, err := verify.loadOptions(true)
+	if err != nil {
+		return err
+	}
 	var raw []byte
-	var err error
 	if inputPath == "-" {
 		raw, err = io.ReadAll(os.Stdin)
 	} else {
@@ -46,11 +53,15 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
+	dec.DisallowUnknownFields() // a native /v1/authorize body ("user", "tool") would otherwise evaluate as an empty input
 	var in pdp.Input
 	if err := dec.Decode(&in); err != nil {
-		return fmt.Errorf("%w: eval: input is not a policy input object: %w", errUsage, err)
+		return fmt.Errorf("%w: eval: input is not a policy input object (subject, action, resource, context, agent, delegation, task, correlation_id): %w", errUsage, err)
 	}
-	set, err := loadPolicies(policiesPath)
+	if dec.More() {
+		return fmt.Errorf("%w: eval: input holds more than one JSON value", errUsage)
+	}
+	set, err := loadPolicySet(policiesPath, loadOpts...)
 	if err != nil {
 		return err
 	}

@@ -48,6 +48,7 @@ commands:
   eval     evaluate one policy input offline, for policy authors
   export   write the decision stream to a file, one message per line
   verify   check the stream's hash chains and signed checkpoints; non-zero exit on any break
+  bundle   'custody bundle push FILE': roll a policy bundle out to every 'serve --bundle-source nats'
   version  print the version
 
 Run 'custody <command> -h' for a command's flags.
@@ -70,6 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runExport(ctx, rest, stdout, stderr)
 	case "verify":
 		return runVerify(ctx, rest, stdout, stderr)
+	case "bundle":
+		return runBundle(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "custody", version())
 		return nil

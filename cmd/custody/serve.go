@@ -20,12 +20,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
-	"github.com/custodyhq/custody/bundles"
 	"github.com/custodyhq/custody/decisionlog"
 	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
 	"github.com/custodyhq/custody/internal/embeddednats"
 	"github.com/custodyhq/custody/pdp"
-	"github.com/custodyhq/custody/policies"
 	custodyhttp "github.com/custodyhq/custody/server"
 )
 
@@ -46,6 +44,7 @@ type serveConfig struct {
 	natsURL         string
 	natsCreds       string
 	policies        string
+	policySource    policySourceConfig
 	decision        string
 	retention       time.Duration
 	streamMaxBytes  int64
@@ -71,6 +70,7 @@ func (c *serveConfig) flags(fs interface {
 	fs.StringVar(&c.natsURL, "nats-url", "", "use this external NATS server or cluster (`url`) instead of the embedded one")
 	fs.StringVar(&c.natsCreds, "nats-creds", "", "NATS credentials file for --nats-url")
 	fs.StringVar(&c.policies, "policies", "", "policy set: a directory of .rego and data files, or an OPA bundle .tar.gz (default: the embedded policies)")
+	c.policySource.flags(fs)
 	fs.StringVar(&c.decision, "decision", pdp.DefaultQuery, "the decision rule to evaluate")
 	fs.DurationVar(&c.retention, "retention", 0, "how long the stream keeps decisions; 0 keeps them forever")
 	fs.Int64Var(&c.streamMaxBytes, "stream-max-bytes", -1, "stream size bound; when full, new decisions are refused (503 deny), never old ones evicted; -1 is unlimited")
@@ -105,7 +105,7 @@ func (c *serveConfig) Validate() error {
 	if c.shutdownTimeout <= 0 {
 		return errors.New("--shutdown-timeout must be positive")
 	}
-	return nil
+	return c.policySource.Validate(c.policies)
 }
 
 func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) error {
@@ -154,12 +154,15 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		return err
 	}
 
-	set, err := loadPolicies(cfg.policies)
+	engine, err := pdp.NewEmpty(pdp.WithQuery(cfg.decision), pdp.WithLogger(logger))
 	if err != nil {
 		return err
 	}
-	engine, err := pdp.New(ctx, set, pdp.WithQuery(cfg.decision), pdp.WithLogger(logger))
+	policy, err := newPolicySource(cfg.policySource, cfg.policies, engine, logger)
 	if err != nil {
+		return err
+	}
+	if err := policy.loadFile(ctx); err != nil {
 		return err
 	}
 
@@ -199,6 +202,10 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	sink := custodyjs.NewSink(js, custodyjs.WithPublishTimeout(cfg.publishTimeout), custodyjs.WithLogger(logger))
+	if err := policy.start(ctx, js, cfg.streamReplicas); err != nil {
+		return err
+	}
+	defer policy.stop()
 
 	reg := prometheus.NewRegistry()
 	api := custodyhttp.New(engine, sink, decisionlog.NewIntentHasher(intentKey),
@@ -206,6 +213,7 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		custodyhttp.WithInstance(decisionlog.Instance{Instance: instanceID, Version: version()}),
 		custodyhttp.WithMaxBodyBytes(cfg.maxBodyBytes),
 		custodyhttp.WithRegistry(reg),
+		custodyhttp.WithPolicyStatus(policy),
 		custodyhttp.WithReadyCheck("policy", func(context.Context) error {
 			if engine.Policy().Revision == "" {
 				return errors.New("no policy set loaded")
@@ -232,8 +240,8 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		Str("http_addr", ln.Addr().String()).
 		Str("nats_url", natsURL).
 		Bool("nats_embedded", ns != nil).
-		Str("policy_revision", set.Revision).
-		Str("policy_source", set.Source).
+		Str("policy_revision", engine.Policy().Revision).
+		Str("policy_source", engine.Policy().Source).
 		Str("instance", instanceID).
 		Str("version", version()).
 		Msg("custody serving")
@@ -293,13 +301,6 @@ func redactURL(u string) string {
 		}
 	}
 	return u
-}
-
-func loadPolicies(path string) (pdp.PolicySet, error) {
-	if path == "" {
-		return bundles.FromFS(policies.FS, "embedded:policies")
-	}
-	return bundles.Load(path)
 }
 
 // loadIntentKey reads the HMAC key for task intents, generating one into the data dir on first
