@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"net/http"
 	"strings"
@@ -74,6 +75,7 @@ func checkContentType(r *http.Request) *apiError {
 
 // readBody reads at most limit bytes of the request body.
 func readBody(r *http.Request, limit int64) ([]byte, *apiError) {
+	limit = min(limit, math.MaxInt64-1) // limit+1 below must not wrap
 	tooLarge := errorf(CodeBodyTooLarge, fmt.Sprintf("request body exceeds %d bytes", limit))
 	if r.ContentLength > limit {
 		return nil, tooLarge
@@ -133,7 +135,9 @@ func jsonTypeName(kind string) string {
 		return "object"
 	case "slice", "array":
 		return "array"
-	case "int", "int64", "uint", "uint64", "float64":
+	case "int", "int64", "uint", "uint64":
+		return "integer"
+	case "float64":
 		return "number"
 	case "interface":
 		return "any JSON value"

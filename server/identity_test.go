@@ -21,10 +21,10 @@ const (
 )
 
 type authFixture struct {
-	idp   *tokentest.Issuer
-	mem   *decisionlog.Memory
-	srv   *server.Server
-	key   string // a valid API key, named "gateway"
+	idp *tokentest.Issuer
+	mem *decisionlog.Memory
+	srv *server.Server
+	key string // a valid API key, named "gateway"
 }
 
 func newAuthServer(t *testing.T, requireAuth bool) *authFixture {

@@ -1,0 +1,263 @@
+package decisionlog
+
+import (
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var sha256HexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+func TestIntentHasherSum(t *testing.T) {
+	const intent = "send the Q3 numbers to bob@acme.example"
+	h := NewIntentHasher([]byte("key-1"))
+	tests := []struct {
+		name string
+		got  string
+		want string
+	}{
+		// The well-known HMAC-SHA256 example (key "key"), pinning the algorithm.
+		{"known answer", NewIntentHasher([]byte("key")).Sum("The quick brown fox jumps over the lazy dog"), "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"},
+		{"empty intent", h.Sum(""), ""},
+		{"empty intent, empty key", NewIntentHasher(nil).Sum(""), ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, tc.got); diff != "" {
+				t.Errorf("Sum mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+
+	props := []struct {
+		name string
+		a, b string
+		same bool
+	}{
+		{"deterministic", h.Sum(intent), h.Sum(intent), true},
+		{"same key, new hasher", h.Sum(intent), NewIntentHasher([]byte("key-1")).Sum(intent), true},
+		{"different keys differ", h.Sum(intent), NewIntentHasher([]byte("key-2")).Sum(intent), false},
+		{"keyed, not plain SHA-256 (empty key differs)", h.Sum(intent), NewIntentHasher(nil).Sum(intent), false},
+		{"different intents differ", h.Sum(intent), h.Sum(intent + " "), false},
+		{"case matters", h.Sum("a"), h.Sum("A"), false},
+	}
+	for _, tc := range props {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.same, tc.a == tc.b); diff != "" {
+				t.Errorf("Sum equality mismatch (-want +got):\n%s\na = %s\nb = %s", diff, tc.a, tc.b)
+			}
+		})
+	}
+
+	for _, in := range []string{"z", "a", intent, "0123456789abcdef", strings.Repeat("f", 64), "🤖\x00\xff", strings.Repeat("long ", 10000)} {
+		t.Run("shape/"+shorten(in), func(t *testing.T) {
+			got := h.Sum(in)
+			if !sha256HexRE.MatchString(got) {
+				t.Errorf("Sum(%.20q) = %q, want 64 lower-case hex digits", in, got)
+			}
+			// Only an intent with a non-hex character can be told apart from hash output.
+			if !isLowerHexString(in) && strings.Contains(got, in) {
+				t.Errorf("Sum(%.20q) = %q contains the intent", in, got)
+			}
+		})
+	}
+}
+
+func shorten(s string) string {
+	if len(s) > 16 {
+		return s[:16]
+	}
+	return s
+}
+
+// TestIntentHasherCopiesKey: changing the caller's key slice afterwards does not change hashes.
+func TestIntentHasherCopiesKey(t *testing.T) {
+	key := []byte("secret-key")
+	h := NewIntentHasher(key)
+	before := h.Sum("intent")
+	copy(key, "XXXXXXXXXX")
+	if diff := cmp.Diff(before, h.Sum("intent")); diff != "" {
+		t.Errorf("Sum changed after the key slice was modified (-before +after):\n%s", diff)
+	}
+}
+
+func TestSensitiveKey(t *testing.T) {
+	tests := []struct {
+		key  string
+		want bool
+	}{
+		{"password", true},
+		{"Password", true},
+		{"new_password", true},
+		{"passwd", true},
+		{"API_KEY", true},
+		{"apiKey", true},
+		{"api-key", true},
+		{"x-api-key", true},
+		{"Api Key", true},
+		{"Authorization", true},
+		{"proxy-authorization", true},
+		{"x-api-token", true},
+		{"access_token", true},
+		{"refresh-token", true},
+		{"client_secret", true},
+		{"clientSecret", true},
+		{"secret", true},
+		{"Cookie", true},
+		{"set-cookie", true},
+		{"credentials", true},
+		{"private_key", true},
+		{"PRIVATE-KEY", true},
+		{"session_key", true},
+		{"aws_access_key_id", true},
+		{"prompt", true},
+		{"system_prompt", true},
+		{"intent", true},
+		// Substring matching errs on the side of masking.
+		{"max_tokens", true},
+		{"tokenizer", true},
+		{"secretary", true},
+		{"to", false},
+		{"path", false},
+		{"name", false},
+		{"id", false},
+		{"", false},
+		{"query", false},
+		{"amount", false},
+		{"body", false},
+		{"key", false},
+		{"pass", false},
+		// Only "-", "_" and " " are removed before matching.
+		{"api.key", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.key, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, SensitiveKey(tc.key)); diff != "" {
+				t.Errorf("SensitiveKey(%q) mismatch (-want +got):\n%s", tc.key, diff)
+			}
+		})
+	}
+}
+
+// maskInput builds a fresh nested JSON-shaped value for each use, so a test can check that
+// masking left it as it was.
+func maskInput() map[string]any {
+	return map[string]any{
+		"to":       "bob@acme.example",
+		"password": "hunter2",
+		"amount":   json.Number("12.50"),
+		"headers": map[string]any{
+			"Authorization": "Bearer abc",
+			"Accept":        "application/json",
+		},
+		"items": []any{
+			map[string]any{"name": "a", "api_key": "k1"},
+			map[string]any{"name": "b", "nested": []any{map[string]any{"client_secret": "s", "ok": true}}},
+			"plain",
+			json.Number("3"),
+			nil,
+			[]any{map[string]any{"token": "t"}},
+		},
+		"credentials": map[string]any{"user": "alice", "pw": "x"},
+		"empty":       map[string]any{},
+		"none":        nil,
+	}
+}
+
+func maskWant() map[string]any {
+	return map[string]any{
+		"to":       "bob@acme.example",
+		"password": Masked,
+		"amount":   json.Number("12.50"),
+		"headers": map[string]any{
+			"Authorization": Masked,
+			"Accept":        "application/json",
+		},
+		"items": []any{
+			map[string]any{"name": "a", "api_key": Masked},
+			map[string]any{"name": "b", "nested": []any{map[string]any{"client_secret": Masked, "ok": true}}},
+			"plain",
+			json.Number("3"),
+			nil,
+			[]any{map[string]any{"token": Masked}},
+		},
+		// A sensitive key masks its whole value, even an object.
+		"credentials": Masked,
+		"empty":       map[string]any{},
+		"none":        nil,
+	}
+}
+
+func TestMaskValue(t *testing.T) {
+	tests := []struct {
+		name string
+		in   any
+		want any
+	}{
+		{"nil", nil, nil},
+		{"string", "password", "password"},
+		{"number", json.Number("1"), json.Number("1")},
+		{"bool", true, true},
+		{"nil map stays nil", map[string]any(nil), map[string]any(nil)},
+		{"empty map", map[string]any{}, map[string]any{}},
+		{"empty array", []any{}, []any{}},
+		{"flat", map[string]any{"secret": "s", "name": "n"}, map[string]any{"secret": Masked, "name": "n"}},
+		{"sensitive key with nil value", map[string]any{"token": nil}, map[string]any{"token": Masked}},
+		{"nested", maskInput(), maskWant()},
+		{"array of objects", []any{map[string]any{"password": 1}, map[string]any{"x": 2}}, []any{map[string]any{"password": Masked}, map[string]any{"x": 2}}},
+		{"array of arrays", []any{[]any{[]any{map[string]any{"cookie": "c"}}}}, []any{[]any{[]any{map[string]any{"cookie": Masked}}}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, MaskValue(tc.in)); diff != "" {
+				t.Errorf("MaskValue mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestMaskMap(t *testing.T) {
+	tests := []struct {
+		name string
+		in   map[string]any
+		want map[string]any
+	}{
+		{"nil stays nil", nil, nil},
+		{"empty stays empty", map[string]any{}, map[string]any{}},
+		{"nested", maskInput(), maskWant()},
+		{"deep inside arrays of objects", map[string]any{"a": []any{map[string]any{"b": []any{map[string]any{"c": map[string]any{"Set-Cookie": "x", "d": "y"}}}}}},
+			map[string]any{"a": []any{map[string]any{"b": []any{map[string]any{"c": map[string]any{"Set-Cookie": Masked, "d": "y"}}}}}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, MaskMap(tc.in)); diff != "" {
+				t.Errorf("MaskMap mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestMaskDoesNotMutate: the input is left as it was (the policy still sees it), and the output
+// shares no map or slice with it.
+func TestMaskDoesNotMutate(t *testing.T) {
+	in := maskInput()
+	out := MaskMap(in)
+	if diff := cmp.Diff(maskInput(), in); diff != "" {
+		t.Fatalf("MaskMap modified its input (-want +got):\n%s", diff)
+	}
+	out["headers"].(map[string]any)["Accept"] = "changed"
+	out["items"].([]any)[0].(map[string]any)["name"] = "changed"
+	out["items"].([]any)[2] = "changed"
+	if diff := cmp.Diff(maskInput(), in); diff != "" {
+		t.Errorf("changing MaskMap's output changed its input (-want +got):\n%s", diff)
+	}
+
+	arr := []any{map[string]any{"password": "p"}}
+	_ = MaskValue(arr)
+	if diff := cmp.Diff([]any{map[string]any{"password": "p"}}, arr); diff != "" {
+		t.Errorf("MaskValue modified its input (-want +got):\n%s", diff)
+	}
+}
