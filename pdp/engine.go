@@ -68,6 +68,8 @@ type Engine struct {
 type prepared struct {
 	pq   rego.PreparedEvalQuery
 	info PolicyInfo
+	// search holds one prepared query per SearchKind, on the same policy set as pq.
+	search map[SearchKind]rego.PreparedEvalQuery
 }
 
 // Option configures an Engine.
@@ -122,7 +124,11 @@ func (e *Engine) Load(ctx context.Context, set PolicySet) error {
 	if err != nil {
 		return fmt.Errorf("pdp: prepare policy set %s: %w: %w", set.Source, ErrInvalidPolicySet, err)
 	}
-	p := &prepared{pq: pq, info: PolicyInfo{
+	search, err := prepareSearch(ctx, set)
+	if err != nil {
+		return err
+	}
+	p := &prepared{pq: pq, search: search, info: PolicyInfo{
 		Query:    e.query,
 		Revision: set.Revision,
 		Source:   set.Source,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -48,6 +49,8 @@ type Server struct {
 	registry *prometheus.Registry
 	metrics  *metrics
 	policy   PolicyReporter // serves GET /v1/policy when set
+	// publicURL is the base URL AuthZEN metadata names; "" derives it from each request.
+	publicURL string
 
 	echo *echo.Echo
 }
@@ -79,6 +82,13 @@ func WithReadyCheck(name string, check ReadyCheck) Option {
 // fresh registry.
 func WithRegistry(reg *prometheus.Registry) Option { return func(s *Server) { s.registry = reg } }
 
+// WithPublicURL sets the base URL, such as https://pdp.example.com, that the AuthZEN metadata
+// document names as policy_decision_point and builds its endpoint URLs from. The default is the
+// scheme and host each client reached, which is wrong behind a proxy that rewrites either.
+func WithPublicURL(u string) Option {
+	return func(s *Server) { s.publicURL = strings.TrimRight(u, "/") }
+}
+
 // New returns a server that decides with decider, records with publisher, and hashes task
 // intents with intent.
 func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.IntentHasher, opts ...Option) *Server {
@@ -106,6 +116,12 @@ func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.I
 	e.HTTPErrorHandler = s.handleError
 	e.Use(s.recoverer, s.requestID, s.instrument)
 	e.POST("/v1/authorize", s.authorize)
+	e.POST(EndpointEvaluation, s.evaluation)
+	e.POST(EndpointEvaluations, s.evaluations)
+	e.POST(EndpointSearchSubject, s.searchSubject)
+	e.POST(EndpointSearchResource, s.searchResource)
+	e.POST(EndpointSearchAction, s.searchAction)
+	e.GET(EndpointAuthZENConfig, s.authzenConfiguration)
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	s.routePolicy(e)

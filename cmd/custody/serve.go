@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,6 +56,7 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	logLevel        string
 	logFormat       string
+	publicURL       string
 }
 
 func (c *serveConfig) flags(fs interface {
@@ -81,6 +83,7 @@ func (c *serveConfig) flags(fs interface {
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "how long shutdown waits for requests in flight and their records")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
+	fs.StringVar(&c.publicURL, "public-url", "", "base `url` the AuthZEN metadata names as policy_decision_point, such as https://pdp.example.com (default: as each client reached it)")
 }
 
 // Validate reports the first setting that cannot work.
@@ -104,6 +107,9 @@ func (c *serveConfig) Validate() error {
 	}
 	if c.shutdownTimeout <= 0 {
 		return errors.New("--shutdown-timeout must be positive")
+	}
+	if err := checkPublicURL(c.publicURL); err != nil {
+		return err
 	}
 	return c.policySource.Validate(c.policies)
 }
@@ -212,6 +218,7 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		custodyhttp.WithLogger(logger),
 		custodyhttp.WithInstance(decisionlog.Instance{Instance: instanceID, Version: version()}),
 		custodyhttp.WithMaxBodyBytes(cfg.maxBodyBytes),
+		custodyhttp.WithPublicURL(cfg.publicURL),
 		custodyhttp.WithRegistry(reg),
 		custodyhttp.WithPolicyStatus(policy),
 		custodyhttp.WithReadyCheck("policy", func(context.Context) error {
@@ -355,4 +362,17 @@ func loadOrCreate(path string, make func() string) (string, error) {
 		return "", err
 	}
 	return v, f.Close()
+}
+
+// checkPublicURL accepts an empty --public-url or an absolute http(s) URL without query or
+// fragment, as the AuthZEN policy_decision_point identifier must be.
+func checkPublicURL(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("--public-url %q: want an absolute http or https URL without credentials, query or fragment", raw)
+	}
+	return nil
 }
