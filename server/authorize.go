@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -42,7 +43,25 @@ func (s *Server) authorize(c echo.Context) error {
 	if aerr != nil {
 		return aerr
 	}
+	cl, authErr := s.authenticate(c)
 	ar, aerr := decodeAuthorize(body)
+	if authErr != nil {
+		// Refused before deciding; record the attempt with whatever the body claimed.
+		in := &pdp.Input{}
+		var corr *string
+		if aerr == nil {
+			corr = ar.CorrelationID
+		}
+		meta, merr := s.meta(c, corr)
+		if merr != nil {
+			meta.correlationID = s.newID()
+		}
+		if aerr == nil {
+			in = s.nativeInput(ar, meta.correlationID)
+		}
+		s.recordAttempt(c, EndpointAuthorize, in, meta, nil, authErr)
+		return authErr
+	}
 	if aerr != nil {
 		return aerr
 	}
@@ -51,7 +70,12 @@ func (s *Server) authorize(c echo.Context) error {
 		return aerr
 	}
 	in := s.nativeInput(ar, meta.correlationID)
+	if err := applyIdentity(in, cl, ar.User != nil); err != nil {
+		s.recordAttempt(c, EndpointAuthorize, in, meta, cl, err)
+		return err
+	}
 	rec, d := s.decide(c, EndpointAuthorize, in, meta)
+	rec.Caller = cl.ref()
 	if err := s.record(c, rec); err != nil {
 		return err
 	}
@@ -135,15 +159,33 @@ func (s *Server) nativeInput(r *authorizeRequest, correlationID string) *pdp.Inp
 	return in
 }
 
-// decide evaluates in and builds its record. The record holds masked copies of free-form
-// properties: the policy sees secrets the caller sent, the stream never does.
+// decide evaluates in and builds its record.
 func (s *Server) decide(c echo.Context, endpoint string, in *pdp.Input, m requestMeta) (*decisionlog.Record, pdp.Decision) {
-	decisionID := s.newID()
+	rec := s.baseRecord(endpoint, in, m)
 	d := s.decider.Decide(c.Request().Context(), in)
 	s.metrics.evalDuration.Observe(d.Duration.Seconds())
+	rec.Allow = d.Allow
+	rec.Reasons = d.Reasons
+	rec.Obligations = d.Obligations
+	rec.Policy = decisionlog.PolicyRef{Query: d.Policy.Query, Revision: d.Policy.Revision}
+	rec.EvalNS = d.Duration.Nanoseconds()
+	if rec.Reasons == nil {
+		rec.Reasons = []string{}
+	}
+	if d.Err != nil {
+		rec.Error = d.Err.Error()
+		s.metrics.policyErrors.Inc()
+	}
+	return rec, d
+}
+
+// baseRecord is the record of a request before its outcome, with a fresh decision ID. It holds
+// masked copies of free-form properties: the policy sees secrets the caller sent, the stream never
+// does.
+func (s *Server) baseRecord(endpoint string, in *pdp.Input, m requestMeta) *decisionlog.Record {
 	rec := &decisionlog.Record{
 		Schema:        decisionlog.SchemaDecisionV1,
-		DecisionID:    decisionID,
+		DecisionID:    s.newID(),
 		Timestamp:     s.now().UTC(),
 		CorrelationID: m.correlationID,
 		RequestID:     m.requestID,
@@ -155,31 +197,27 @@ func (s *Server) decide(c echo.Context, endpoint string, in *pdp.Input, m reques
 		Resource:      maskEntity(in.Resource),
 		Delegation:    in.Delegation,
 		Task:          in.Task,
-		Allow:         d.Allow,
-		Reasons:       d.Reasons,
-		Obligations:   d.Obligations,
-		Policy:        decisionlog.PolicyRef{Query: d.Policy.Query, Revision: d.Policy.Revision},
-		EvalNS:        d.Duration.Nanoseconds(),
+		Reasons:       []string{},
 		PDP:           s.instance,
 	}
 	if in.Agent != nil {
 		rec.Agent = &pdp.Agent{ID: in.Agent.ID, Type: in.Agent.Type, Properties: decisionlog.MaskMap(in.Agent.Properties)}
 	}
-	if rec.Reasons == nil {
-		rec.Reasons = []string{}
+	if pol, ok := s.decider.(interface{ Policy() pdp.PolicyInfo }); ok {
+		p := pol.Policy()
+		rec.Policy = decisionlog.PolicyRef{Query: p.Query, Revision: p.Revision}
 	}
-	if d.Err != nil {
-		rec.Error = d.Err.Error()
-		s.metrics.policyErrors.Inc()
-	}
-	return rec, d
+	return rec
 }
 
 // record makes rec durable. If it cannot, it returns the error that answers the call as a
 // 503 deny.
 func (s *Server) record(c echo.Context, rec *decisionlog.Record) *apiError {
 	log := s.logger.With().Str("request_id", rec.RequestID).Str("correlation_id", rec.CorrelationID).Str("decision_id", rec.DecisionID).Logger()
-	if err := s.publisher.Publish(c.Request().Context(), rec); err != nil {
+	start := time.Now()
+	err := s.publisher.Publish(c.Request().Context(), rec)
+	s.metrics.recordDuration.Observe(time.Since(start).Seconds())
+	if err != nil {
 		s.metrics.logFailures.Inc()
 		log.Error().Err(err).Bool("policy_allow", rec.Allow).Msg("decision not recorded; answering deny")
 		e := errorf(CodeDecisionLogUnavailable, "the decision could not be recorded on the decision stream, so it is a deny; retry later")

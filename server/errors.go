@@ -17,6 +17,10 @@ const (
 	CodeNotFound               = "not_found"
 	CodeMethodNotAllowed       = "method_not_allowed"
 	CodeNotReady               = "not_ready"
+	CodeUnauthenticated        = "unauthenticated"
+	CodeInvalidToken           = "invalid_token"
+	CodeInvalidCredentials     = "invalid_credentials"
+	CodeIdentityMismatch       = "identity_mismatch"
 	CodeInternal               = "internal_error"
 )
 
@@ -30,6 +34,10 @@ var statusOf = map[string]int{
 	CodeNotFound:               http.StatusNotFound,
 	CodeMethodNotAllowed:       http.StatusMethodNotAllowed,
 	CodeNotReady:               http.StatusServiceUnavailable,
+	CodeUnauthenticated:        http.StatusUnauthorized,
+	CodeInvalidToken:           http.StatusUnauthorized,
+	CodeInvalidCredentials:     http.StatusUnauthorized,
+	CodeIdentityMismatch:       http.StatusBadRequest,
 	CodeInternal:               http.StatusInternalServerError,
 }
 
@@ -62,7 +70,11 @@ func writeError(c echo.Context, e *apiError) error {
 		deny := false
 		body.Allow, body.DecisionID, body.CorrelationID = &deny, e.denied.decisionID, e.denied.correlationID
 	}
-	return c.JSON(statusCode(e.Code), body)
+	status := statusCode(e.Code)
+	if status == http.StatusUnauthorized {
+		c.Response().Header().Set("WWW-Authenticate", wwwAuthenticate(e.Code))
+	}
+	return c.JSON(status, body)
 }
 
 func statusCode(code string) int {

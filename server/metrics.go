@@ -16,6 +16,8 @@ type metrics struct {
 	logFailures  prometheus.Counter
 	policyErrors prometheus.Counter
 	evalDuration prometheus.Histogram
+	// recordDuration is the publish latency of decision records.
+	recordDuration prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -40,8 +42,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "custody_policy_eval_duration_seconds", Help: "Time spent evaluating the decision rule.",
 			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .1},
 		}),
+		recordDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "custody_decision_record_duration_seconds", Help: "Time to make a decision record durable (spool fsync or JetStream ack), successful or not.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .5, 1, 5},
+		}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.decisions, m.logFailures, m.policyErrors, m.evalDuration,
+	reg.MustRegister(m.recordDuration, m.requests, m.duration, m.decisions, m.logFailures, m.policyErrors, m.evalDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

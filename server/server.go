@@ -52,6 +52,10 @@ type Server struct {
 	// publicURL is the base URL AuthZEN metadata names; "" derives it from each request.
 	publicURL string
 
+	tokens      TokenVerifier
+	apiKeys     APIKeyLookup
+	requireAuth bool
+
 	echo *echo.Echo
 }
 

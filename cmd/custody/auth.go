@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -119,16 +120,42 @@ func (a *authConfig) build(logger zerolog.Logger) ([]custodyhttp.Option, *tls.Co
 	return opts, tc, nil
 }
 
-// runKeys implements `custody keys`. Today: `custody keys api-key NAME`.
-func runKeys(_ []string, args []string, stdout, stderr io.Writer) error {
-	if len(args) < 1 || args[0] != "api-key" || len(args) != 2 {
-		fmt.Fprintln(stderr, "usage: custody keys api-key NAME")
-		return fmt.Errorf("%w: custody keys api-key NAME", errUsage)
+// runKeys implements `custody keys`: the checkpoint verifier key to give to verifiers, or
+// `custody keys api-key NAME` for a new API key.
+func runKeys(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "api-key" {
+		if len(args) != 2 {
+			return fmt.Errorf("%w: custody keys api-key NAME", errUsage)
+		}
+		key, line, err := identity.NewAPIKey(args[1])
+		if err != nil {
+			return fmt.Errorf("%w: %w", errUsage, err)
+		}
+		fmt.Fprintf(stdout, "api key (give it to the caller; custody keeps only its hash):\n  %s\nline for --api-keys-file:\n  %s\n", key, line)
+		return nil
 	}
-	key, line, err := identity.NewAPIKey(args[1])
+	fs := newFlagSet("keys", stderr)
+	var dataDir, signingKey string
+	fs.StringVar(&dataDir, "data-dir", DefaultDataDir, "the data dir of the custody serve instance")
+	fs.StringVar(&signingKey, "signing-key", "", "checkpoint signing key file, if serve was given one")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	instance, err := os.ReadFile(filepath.Join(dataDir, "instance.id"))
+	if err != nil && signingKey == "" {
+		return fmt.Errorf("keys: no custody instance in %s (start custody serve there first): %w", dataDir, err)
+	}
+	path := signingKey
+	if path == "" {
+		path = filepath.Join(dataDir, signingKeyFile)
+	}
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("keys: %w", err)
+	}
+	_, vkey, err := loadSigningKey(dataDir, path, strings.TrimSpace(string(instance)))
 	if err != nil {
-		return fmt.Errorf("%w: %w", errUsage, err)
+		return fmt.Errorf("keys: %w", err)
 	}
-	fmt.Fprintf(stdout, "api key (give it to the caller; custody keeps only its hash):\n  %s\nline for --api-keys-file:\n  %s\n", key, line)
+	fmt.Fprintln(stdout, vkey)
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/custodyhq/custody/decisionlog"
 	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
+	"github.com/custodyhq/custody/decisionlog/spool"
 	"github.com/custodyhq/custody/internal/embeddednats"
 	"github.com/custodyhq/custody/pdp"
 	custodyhttp "github.com/custodyhq/custody/server"
@@ -38,33 +40,35 @@ const (
 )
 
 type serveConfig struct {
-	configFile      string
-	addr            string
-	dataDir         string
-	natsListen      string
-	natsURL         string
-	natsCreds       string
-	policies        string
-	policySource    policySourceConfig
-	decision        string
-	retention       time.Duration
-	streamMaxBytes  int64
-	streamReplicas  int
-	publishTimeout  time.Duration
-	intentKeyFile   string
-	maxBodyBytes    int64
-	shutdownTimeout time.Duration
-	logLevel        string
-	logFormat       string
-	publicURL       string
+	configFile         string
+	addr               string
+	dataDir            string
+	natsListen         string
+	natsURL            string
+	natsCreds          string
+	policies           string
+	policySource       policySourceConfig
+	decision           string
+	retention          time.Duration
+	streamMaxBytes     int64
+	streamReplicas     int
+	publishTimeout     time.Duration
+	intentKeyFile      string
+	maxBodyBytes       int64
+	shutdownTimeout    time.Duration
+	logLevel           string
+	logFormat          string
+	signingKey         string
+	natsSync           string
+	recordMode         string
+	spoolMaxBytes      int64
+	checkpointEvery    uint64
+	checkpointInterval time.Duration
+	publicURL          string
+	auth               authConfig
 }
 
-func (c *serveConfig) flags(fs interface {
-	StringVar(*string, string, string, string)
-	DurationVar(*time.Duration, string, time.Duration, string)
-	Int64Var(*int64, string, int64, string)
-	IntVar(*int, string, int, string)
-}) {
+func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.configFile, "config", "", "YAML file of flag settings (`path`); flags and CUSTODY_* variables override it")
 	fs.StringVar(&c.addr, "addr", DefaultAddr, "HTTP listen address, `host:port` (port 0 picks a free one)")
 	fs.StringVar(&c.dataDir, "data-dir", DefaultDataDir, "directory for JetStream storage, keys and the instance ID")
@@ -79,11 +83,18 @@ func (c *serveConfig) flags(fs interface {
 	fs.IntVar(&c.streamReplicas, "stream-replicas", custodyjs.DefaultReplicas, "stream replicas in a JetStream cluster")
 	fs.DurationVar(&c.publishTimeout, "publish-timeout", custodyjs.DefaultPublishTimeout, "how long to wait for JetStream to ack a decision before answering 503 deny")
 	fs.StringVar(&c.intentKeyFile, "intent-key-file", "", "HMAC key for task intents, hex (default: generated into the data dir)")
+	fs.StringVar(&c.recordMode, "record-mode", recordAuto, "how a decision is made durable before its answer: spool (local fsync, forwarded to JetStream), ack (JetStream's ack), or auto (spool with --nats-url, ack with the embedded server)")
+	fs.Int64Var(&c.spoolMaxBytes, "spool-max-bytes", spool.DefaultMaxBytes, "spool size bound; when full, decisions are 503 denies")
+	fs.StringVar(&c.natsSync, "nats-sync", "", "embedded JetStream fsync policy: always, or an interval such as 1s (default: the server's 2m)")
+	fs.StringVar(&c.signingKey, "signing-key", "", "Ed25519 signed-note key for chain checkpoints (default: generated into the data dir; see custody keys)")
+	fs.Uint64Var(&c.checkpointEvery, "checkpoint-every", custodyjs.DefaultCheckpointEvery, "publish a signed checkpoint every this many records")
+	fs.DurationVar(&c.checkpointInterval, "checkpoint-interval", custodyjs.DefaultCheckpointInterval, "and at least this often while decisions flow")
 	fs.Int64Var(&c.maxBodyBytes, "max-body-bytes", custodyhttp.DefaultMaxBodyBytes, "largest request body accepted")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "how long shutdown waits for requests in flight and their records")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
 	fs.StringVar(&c.publicURL, "public-url", "", "base `url` the AuthZEN metadata names as policy_decision_point, such as https://pdp.example.com (default: as each client reached it)")
+	c.auth.flags(fs)
 }
 
 // Validate reports the first setting that cannot work.
@@ -99,6 +110,15 @@ func (c *serveConfig) Validate() error {
 	if c.dataDir == "" {
 		return errors.New("--data-dir must not be empty")
 	}
+	if c.recordMode != recordAuto && c.recordMode != recordSpool && c.recordMode != recordAck {
+		return fmt.Errorf("--record-mode %q: want auto, spool or ack", c.recordMode)
+	}
+	if c.spoolMaxBytes <= 0 {
+		return errors.New("--spool-max-bytes must be positive")
+	}
+	if _, _, err := parseNATSSync(c.natsSync); err != nil {
+		return err
+	}
 	if c.publishTimeout <= 0 {
 		return errors.New("--publish-timeout must be positive")
 	}
@@ -108,10 +128,13 @@ func (c *serveConfig) Validate() error {
 	if c.shutdownTimeout <= 0 {
 		return errors.New("--shutdown-timeout must be positive")
 	}
+	if err := c.policySource.Validate(c.policies); err != nil {
+		return err
+	}
 	if err := checkPublicURL(c.publicURL); err != nil {
 		return err
 	}
-	return c.policySource.Validate(c.policies)
+	return c.auth.Validate()
 }
 
 func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) error {
@@ -173,14 +196,17 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 	}
 
 	// NATS: the embedded server unless --nats-url names another.
+	syncAlways, syncInterval, _ := parseNATSSync(cfg.natsSync)
 	natsURL := cfg.natsURL
 	var ns *server.Server
 	if natsURL == "" {
 		ns, err = embeddednats.Start(embeddednats.Config{
-			Listen:     cfg.natsListen,
-			StoreDir:   filepath.Join(cfg.dataDir, "jetstream"),
-			ServerName: "custody-" + instanceID,
-			Logger:     &logger,
+			Listen:       cfg.natsListen,
+			StoreDir:     filepath.Join(cfg.dataDir, "jetstream"),
+			ServerName:   "custody-" + instanceID,
+			SyncAlways:   syncAlways,
+			SyncInterval: syncInterval,
+			Logger:       &logger,
 		})
 		if err != nil {
 			return fmt.Errorf("serve: %w", err)
@@ -198,7 +224,7 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		return fmt.Errorf("serve: jetstream: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = custodyjs.EnsureStream(sctx, js, custodyjs.StreamConfig{
+	stream, err := custodyjs.EnsureStream(sctx, js, custodyjs.StreamConfig{
 		Retention: cfg.retention,
 		MaxBytes:  cfg.streamMaxBytes,
 		Replicas:  cfg.streamReplicas,
@@ -207,14 +233,36 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	sink := custodyjs.NewSink(js, custodyjs.WithPublishTimeout(cfg.publishTimeout), custodyjs.WithLogger(logger))
+	signer, _, err := loadSigningKey(cfg.dataDir, cfg.signingKey, instanceID)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	head, err := custodyjs.RecoverHead(rctx, stream, instanceID)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	log.Info().Uint64("seq", head.Seq).Str("instance", instanceID).Msg("decision chain resumes")
+	rec, err := newRecorder(recorderDeps{
+		cfg: cfg, logger: logger, js: js, stream: stream, nc: nc,
+		instance: instanceID, head: head, signer: signer, embedded: ns != nil,
+	})
+	if err != nil {
+		return err
+	}
 	if err := policy.start(ctx, js, cfg.streamReplicas); err != nil {
 		return err
 	}
 	defer policy.stop()
 
+	authOpts, tlsConfig, err := cfg.auth.build(logger)
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
-	api := custodyhttp.New(engine, sink, decisionlog.NewIntentHasher(intentKey),
+	rec.register(reg)
+	api := custodyhttp.New(engine, rec.publisher, decisionlog.NewIntentHasher(intentKey), append(authOpts,
 		custodyhttp.WithLogger(logger),
 		custodyhttp.WithInstance(decisionlog.Instance{Instance: instanceID, Version: version()}),
 		custodyhttp.WithMaxBodyBytes(cfg.maxBodyBytes),
@@ -227,8 +275,8 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 			}
 			return nil
 		}),
-		custodyhttp.WithReadyCheck("decision_log", func(context.Context) error { return custodyjs.Ready(nc) }),
-	)
+		custodyhttp.WithReadyCheck("decision_log", rec.ready),
+	)...)
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -242,12 +290,20 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		MaxHeaderBytes:    64 << 10,
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	if tlsConfig != nil {
+		srv.TLSConfig = tlsConfig
+		go func() { serveErr <- srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { serveErr <- srv.Serve(ln) }()
+	}
 	log.Info().
 		Str("http_addr", ln.Addr().String()).
+		Bool("tls", tlsConfig != nil).
+		Bool("require_auth", cfg.auth.requireAuth).
 		Str("nats_url", natsURL).
 		Bool("nats_embedded", ns != nil).
 		Str("policy_revision", engine.Policy().Revision).
+		Str("record_mode", rec.mode).
 		Str("policy_source", engine.Policy().Source).
 		Str("instance", instanceID).
 		Str("version", version()).
@@ -267,7 +323,7 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 	if serr := srv.Shutdown(sdCtx); serr != nil {
 		log.Error().Err(serr).Msg("http shutdown incomplete")
 	}
-	if serr := sink.Close(sdCtx); serr != nil {
+	if serr := rec.close(sdCtx); serr != nil {
 		log.Error().Err(serr).Msg("decision log close incomplete")
 	}
 	if derr := nc.Drain(); derr != nil {
@@ -375,4 +431,19 @@ func checkPublicURL(raw string) error {
 		return fmt.Errorf("--public-url %q: want an absolute http or https URL without credentials, query or fragment", raw)
 	}
 	return nil
+}
+
+// parseNATSSync reads --nats-sync: "" (the server's default), "always", or a positive interval.
+func parseNATSSync(v string) (always bool, interval time.Duration, err error) {
+	switch v {
+	case "":
+		return false, 0, nil
+	case "always":
+		return true, 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return false, 0, fmt.Errorf("--nats-sync %q: want always or a positive duration such as 1s", v)
+	}
+	return false, d, nil
 }
