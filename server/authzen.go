@@ -82,12 +82,35 @@ func (o *outcome) body(include bool) decisionBody {
 	return decisionBody{Decision: o.rec.Allow, Context: ctx}
 }
 
-// readAuthZEN checks the content type and reads the body.
+// readAuthZEN checks the content type, reads the body and authenticates the caller, exactly as
+// /v1/authorize does: a refused caller is recorded as a denied attempt and answered 401.
 func (s *Server) readAuthZEN(c echo.Context) ([]byte, *apiError) {
 	if err := checkContentType(c.Request()); err != nil {
 		return nil, err
 	}
-	return readBody(c.Request(), s.maxBody)
+	body, aerr := readBody(c.Request(), s.maxBody)
+	if aerr != nil {
+		return nil, aerr
+	}
+	cl, authErr := s.authenticate(c)
+	if authErr != nil {
+		meta, merr := s.meta(c, nil)
+		if merr != nil {
+			meta.correlationID = s.newID()
+		}
+		s.recordAttempt(c, c.Request().URL.Path, &pdp.Input{}, meta, nil, authErr)
+		return nil, authErr
+	}
+	c.Set(ctxCaller, cl)
+	return body, nil
+}
+
+// ctxCaller is the echo context key of the authenticated caller.
+const ctxCaller = "custody.caller"
+
+func callerOf(c echo.Context) *caller {
+	cl, _ := c.Get(ctxCaller).(*caller)
+	return cl
 }
 
 // evaluation serves POST /access/v1/evaluation.
@@ -112,6 +135,11 @@ func (s *Server) answerOne(c echo.Context, endpoint string, it evalItem, l lifte
 	o := s.evaluate(c, endpoint, it, l, meta)
 	if o.recordErr != nil {
 		return o.recordErr
+	}
+	if o.err != nil && o.err.Code == CodeIdentityMismatch {
+		e := errorf(CodeIdentityMismatch, o.err.Message)
+		e.denied = &deniedDecision{decisionID: o.rec.DecisionID, correlationID: o.rec.CorrelationID}
+		return e
 	}
 	c.Response().Header().Set(HeaderDecisionID, o.rec.DecisionID)
 	return c.JSON(http.StatusOK, o.body(opts.includeReasons))
@@ -231,7 +259,13 @@ func (s *Server) evaluate(c echo.Context, endpoint string, it evalItem, l lifted
 	if l.correlationID != nil {
 		meta.correlationID = *l.correlationID
 	}
-	rec, d := s.decide(c, endpoint, s.authzenInput(it, l, meta.correlationID), meta)
+	in := s.authzenInput(it, l, meta.correlationID)
+	cl := callerOf(c)
+	if err := applyIdentity(in, cl, true); err != nil {
+		return s.refuse(c, endpoint, err, meta) // recorded as a denied identity_mismatch attempt
+	}
+	rec, d := s.decide(c, endpoint, in, meta)
+	rec.Caller = cl.ref()
 	o := &outcome{rec: rec, obligations: d.Obligations}
 	if d.Err != nil {
 		o.err = &itemError{Status: http.StatusInternalServerError, Code: pdp.ReasonPolicyError, Message: "the policy could not be evaluated, so the decision is a deny"}

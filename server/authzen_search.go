@@ -90,6 +90,10 @@ func (s *Server) search(c echo.Context, kind pdp.SearchKind, endpoint string) er
 		return aerr
 	}
 	base := s.authzenInput(req.item, req.lift, meta.correlationID)
+	if err := applyIdentity(base, callerOf(c), true); err != nil {
+		s.recordAttempt(c, endpoint, base, meta, callerOf(c), err)
+		return err
+	}
 	raw, err := searcher.Candidates(c.Request().Context(), kind, base)
 	if err != nil {
 		s.logger.Error().Err(err).Str("request_id", meta.requestID).Str("query", kind.Query()).Msg("search candidates failed")

@@ -167,3 +167,53 @@ func TestAPIKeyCaller(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthZENEndpointsAuthenticate: every AuthZEN endpoint takes the same credentials as
+// /v1/authorize, so --require-auth cannot be bypassed through them.
+func TestAuthZENEndpointsAuthenticate(t *testing.T) {
+	eval := `{"subject":{"type":"user","id":"alice@acme.example","properties":{"scopes":["mail.send"]}},
+	  "action":{"name":"send_email"},"resource":{"type":"tool","id":"send_email"},
+	  "context":{"agent":{"id":"spiffe://acme.example/agents/mailer"}}}`
+	paths := []string{"/access/v1/evaluation", "/access/v1/evaluations", "/access/v1/search/action"}
+	for _, p := range paths {
+		t.Run(p, func(t *testing.T) {
+			f := newAuthServer(t, true)
+			r := do(t, f.srv.Handler(), http.MethodPost, p, "application/json", eval)
+			if r.Status != 401 || r.Header.Get("WWW-Authenticate") == "" {
+				t.Fatalf("no credentials: status %d %s, want 401", r.Status, r.Raw)
+			}
+			if recs := f.mem.Records(); len(recs) != 1 || recs[0].Reasons[0] != server.ReasonAuthenticationFailed {
+				t.Fatalf("records %+v, want one authentication_failed attempt", recs)
+			}
+			r = do(t, f.srv.Handler(), http.MethodPost, p, "application/json", eval, "X-API-Key", f.key)
+			if r.Status != 200 {
+				t.Fatalf("API key: status %d %s", r.Status, r.Raw)
+			}
+			for _, rec := range f.mem.Records()[1:] {
+				if rec.Caller == nil || rec.Caller.ID != "gateway" {
+					t.Fatalf("caller %+v, want the gateway's API key", rec.Caller)
+				}
+			}
+		})
+	}
+	t.Run("token subject mismatch", func(t *testing.T) {
+		f := newAuthServer(t, false)
+		tok := f.delegationToken(t, "bob@acme.example", mailerID, "mail.send")
+		r := do(t, f.srv.Handler(), http.MethodPost, "/access/v1/evaluation", "application/json", eval, "Authorization", "Bearer "+tok)
+		e, _ := r.Body["error"].(map[string]any)
+		if r.Status != 400 || e["code"] != "identity_mismatch" {
+			t.Fatalf("status %d %s, want 400 identity_mismatch", r.Status, r.Raw)
+		}
+	})
+	t.Run("verified token", func(t *testing.T) {
+		f := newAuthServer(t, false)
+		tok := f.delegationToken(t, "alice@acme.example", mailerID, "mail.send")
+		r := do(t, f.srv.Handler(), http.MethodPost, "/access/v1/evaluation", "application/json", eval, "Authorization", "Bearer "+tok)
+		if r.Status != 200 || r.Body["decision"] != true {
+			t.Fatalf("status %d %s, want an allow", r.Status, r.Raw)
+		}
+		if rec := f.mem.Records()[0]; !rec.Delegation.Verified {
+			t.Fatal("AuthZEN decision with a verified token not recorded as verified")
+		}
+	})
+}
