@@ -101,3 +101,58 @@ func TestSpoolRidesOutNATSOutage(t *testing.T) {
 	}
 	t.Logf("%d decisions answered, %d of them after NATS was stopped, all on the stream once", len(answered), len(answered)-before)
 }
+
+// TestFullSpoolAnswers503Deny: NATS is away and the spool reaches --spool-max-bytes; answers turn
+// into 503 denies rather than unrecorded allows, and once NATS is back every 200 is on the stream
+// exactly once.
+func TestFullSpoolAnswers503Deny(t *testing.T) {
+	natsDir := t.TempDir()
+	ns := natstest.StartAt(t, "127.0.0.1:0", natsDir)
+	listen := ns.Addr().String()
+	c := startCustody(t, "", "--nats-url", ns.ClientURL(), "--spool-max-bytes", "16384")
+	client := &http.Client{Timeout: 30 * time.Second}
+	natstest.Shutdown(ns)
+	answered := map[string]bool{}
+	full := 0
+	for i := 0; i < 200 && full < 3; i++ {
+		a, err := authorize(t, client, c.HTTP, allowBody)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch a.Status {
+		case 200:
+			answered[a.DecisionID] = true
+		case 503:
+			if a.Allow || a.Error == nil || a.Error.Code != "decision_log_unavailable" {
+				t.Fatalf("full spool answered %+v", a)
+			}
+			full++
+		default:
+			t.Fatalf("status %d", a.Status)
+		}
+	}
+	if full == 0 || len(answered) == 0 {
+		t.Fatalf("%d answered, %d refused: the spool never filled", len(answered), full)
+	}
+	ns = natstest.StartAt(t, listen, natsDir)
+	var msgs []streamMsg
+	natstest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		msgs = readStream(t, ns.ClientURL())
+		if len(msgs) < len(answered) {
+			return fmt.Errorf("%d of %d forwarded", len(msgs), len(answered))
+		}
+		return nil
+	})
+	seen := map[string]int{}
+	for _, m := range msgs {
+		seen[m.Record.DecisionID]++
+	}
+	for id := range answered {
+		if seen[id] != 1 {
+			t.Fatalf("answered decision %s is on the stream %d times", id, seen[id])
+		}
+	}
+	if len(msgs) != len(answered) {
+		t.Fatalf("%d records for %d answered decisions", len(msgs), len(answered))
+	}
+}

@@ -35,6 +35,8 @@ type recorder struct {
 	ready     func(context.Context) error
 	close     func(ctx context.Context) error
 	spool     *spool.Spool
+	// chainSeq and checkpointSeq give the chain head and the last checkpoint, for metrics.
+	chainSeq, checkpointSeq func() uint64
 }
 
 type recorderDeps struct {
@@ -70,10 +72,12 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 				Stream:             d.stream,
 			}))
 		return &recorder{
-			mode:      mode,
-			publisher: sink,
-			ready:     func(context.Context) error { return custodyjs.Ready(d.nc) },
-			close:     sink.Close,
+			mode:          mode,
+			publisher:     sink,
+			ready:         func(context.Context) error { return custodyjs.Ready(d.nc) },
+			close:         sink.Close,
+			chainSeq:      func() uint64 { return sink.Head().Seq },
+			checkpointSeq: sink.CheckpointedSeq,
 		}, nil
 	case recordSpool:
 		sp, err := spool.Open(spool.Config{
@@ -101,9 +105,11 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 		records, bytes := sp.Stats()
 		log.Info().Uint64("records", records).Int64("bytes", bytes).Msg("spool opened; forwarding to JetStream")
 		return &recorder{
-			mode:      mode,
-			publisher: sp,
-			spool:     sp,
+			mode:          mode,
+			publisher:     sp,
+			spool:         sp,
+			chainSeq:      func() uint64 { return sp.Head().Seq },
+			checkpointSeq: sp.CheckpointedSeq,
 			ready: func(context.Context) error {
 				if _, b := sp.Stats(); b >= d.cfg.spoolMaxBytes {
 					return spool.ErrFull
@@ -122,8 +128,14 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 	}
 }
 
-// register adds spool gauges to reg.
+// register adds chain and spool gauges to reg.
 func (r *recorder) register(reg *prometheus.Registry) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_chain_seq", Help: "Seq of this instance's last chained decision record."},
+			func() float64 { return float64(r.chainSeq()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_checkpoint_lag_records", Help: "Chained records not yet covered by a published signed checkpoint."},
+			func() float64 { return float64(r.chainSeq() - min(r.checkpointSeq(), r.chainSeq())) }),
+	)
 	if r.spool == nil {
 		return
 	}

@@ -78,6 +78,16 @@ func (s *Sink) Head() decisionlog.ChainHead {
 	return s.chain.head
 }
 
+// CheckpointedSeq is the seq of the last checkpoint published, 0 when unchained.
+func (s *Sink) CheckpointedSeq() uint64 {
+	s.chainMu.Lock()
+	defer s.chainMu.Unlock()
+	if s.chain == nil {
+		return 0
+	}
+	return s.chain.checkpointed
+}
+
 // publishChained links, seals and publishes r, advancing the head only once JetStream acked it.
 func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error {
 	s.chainMu.Lock()

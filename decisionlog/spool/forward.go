@@ -56,6 +56,7 @@ func (s *Spool) Forward(ctx context.Context, pub SealedPublisher, checkpoint Che
 			if ackedHead.Seq > ckptAt && checkpoint != nil && time.Since(lastCkpt) >= checkpointInterval {
 				if checkpoint(ctx, ackedHead) == nil {
 					ckptAt, lastCkpt = ackedHead.Seq, time.Now()
+					s.setCheckpointed(ckptAt)
 				}
 			}
 			s.mu.Lock()
@@ -120,6 +121,7 @@ func (s *Spool) Forward(ctx context.Context, pub SealedPublisher, checkpoint Che
 			if checkpoint != nil && (ackedHead.Seq-ckptAt >= checkpointEvery || time.Since(lastCkpt) >= checkpointInterval) {
 				if checkpoint(ctx, ackedHead) == nil {
 					ckptAt, lastCkpt = ackedHead.Seq, time.Now()
+					s.setCheckpointed(ckptAt)
 				}
 			}
 		}
@@ -129,6 +131,12 @@ func (s *Spool) Forward(ctx context.Context, pub SealedPublisher, checkpoint Che
 			lastCursor = time.Now()
 		}
 	}
+}
+
+func (s *Spool) setCheckpointed(seq uint64) {
+	s.mu.Lock()
+	s.checkpointed = seq
+	s.mu.Unlock()
 }
 
 func waitWithTimeout(s *Spool, d time.Duration) {

@@ -68,6 +68,8 @@ type Spool struct {
 	acked   uint64 // last seq JetStream acked
 	pending int64  // bytes of records not yet acked
 	closed  bool
+	// checkpointed is the seq of the last published checkpoint.
+	checkpointed uint64
 }
 
 type segment struct {
@@ -103,6 +105,7 @@ func Open(cfg Config, logger zerolog.Logger) (*Spool, error) {
 		s.acked = s.head.Seq
 	}
 	s.written, s.synced = s.head.Seq, s.head.Seq
+	s.checkpointed = s.acked // what was forwarded before was checkpointed on shutdown, or will be
 	return s, nil
 }
 
@@ -303,6 +306,13 @@ func (s *Spool) Head() decisionlog.ChainHead {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.head
+}
+
+// CheckpointedSeq is the seq of the last checkpoint the forwarder published.
+func (s *Spool) CheckpointedSeq() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.checkpointed
 }
 
 // Stats reports the records and bytes waiting to be forwarded.
