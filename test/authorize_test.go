@@ -254,6 +254,14 @@ func TestFullStreamAnswers503Deny(t *testing.T) {
 	if full == 0 {
 		t.Fatal("the stream never filled")
 	}
+	resp, err := client.Get(c.HTTP + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("readyz with a full stream = %d, want 503", resp.StatusCode)
+	}
 	if got := len(readStream(t, c.NATS)); got != ok {
 		t.Fatalf("stream holds %d records, %d decisions were answered 200", got, ok)
 	}

@@ -72,9 +72,14 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 				Stream:             d.stream,
 			}))
 		return &recorder{
-			mode:          mode,
-			publisher:     sink,
-			ready:         func(context.Context) error { return custodyjs.Ready(d.nc) },
+			mode:      mode,
+			publisher: sink,
+			ready: func(ctx context.Context) error {
+				if err := custodyjs.Ready(d.nc); err != nil {
+					return err
+				}
+				return custodyjs.Writable(ctx, d.stream)
+			},
 			close:         sink.Close,
 			chainSeq:      func() uint64 { return sink.Head().Seq },
 			checkpointSeq: sink.CheckpointedSeq,

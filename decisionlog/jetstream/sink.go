@@ -151,3 +151,22 @@ func Ready(nc *nats.Conn) error {
 	}
 	return nil
 }
+
+// fullMargin is how close to its byte limit a stream counts as full for readiness: a record
+// rarely exceeds a few KiB.
+const fullMargin = 64 << 10
+
+// Writable reports whether the stream can take more records: it is not at its byte limit. A
+// discard-new stream at its limit refuses every record, so the PDP is not ready.
+func Writable(ctx context.Context, stream interface {
+	Info(ctx context.Context, opts ...jetstream.StreamInfoOpt) (*jetstream.StreamInfo, error)
+}) error {
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("jetstream: stream info: %w", err)
+	}
+	if max := info.Config.MaxBytes; max > 0 && int64(info.State.Bytes)+fullMargin > max {
+		return fmt.Errorf("jetstream: stream %s is full (%d of %d bytes)", decisionlog.StreamName, info.State.Bytes, max)
+	}
+	return nil
+}
