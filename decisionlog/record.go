@@ -34,9 +34,12 @@ type Record struct {
 	Error         string         `json:"error,omitempty"`
 	EvalNS        int64          `json:"eval_ns"`
 	PDP           Instance       `json:"pdp"`
-	Seq           uint64         `json:"seq,omitempty"`
-	PrevHash      string         `json:"prev_hash,omitempty"`
-	Hash          string         `json:"hash,omitempty"`
+	// ExecutionID and Execution are set on custody.execution.v1 records only.
+	ExecutionID string     `json:"execution_id,omitempty"`
+	Execution   *Execution `json:"execution,omitempty"`
+	Seq         uint64     `json:"seq,omitempty"`
+	PrevHash    string     `json:"prev_hash,omitempty"`
+	Hash        string     `json:"hash,omitempty"`
 }
 
 // Caller is who authenticated the request, when anyone did: an API key's name, a token's

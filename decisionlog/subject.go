@@ -15,6 +15,8 @@ const (
 	HeaderMsgID         = "Nats-Msg-Id"
 	HeaderCorrelationID = "Custody-Correlation-Id"
 	HeaderDecision      = "Custody-Decision"
+	HeaderDecisionID    = "Custody-Decision-Id" // on executions: the decision reported on
+	HeaderExecution     = "Custody-Execution"   // on executions: succeeded, failed or skipped
 )
 
 // MaxTokenLen bounds one subject token. Longer values keep a readable prefix and end in a hash of

@@ -21,6 +21,8 @@ type authorizeResponse struct {
 	Reasons       []string       `json:"reasons"`
 	Obligations   map[string]any `json:"obligations"`
 	Policy        policyBody     `json:"policy"`
+	// Receipt is the signed receipt of an allow, also in the Custody-Receipt header.
+	Receipt string `json:"receipt,omitempty"`
 }
 
 type policyBody struct {
@@ -86,6 +88,7 @@ func (s *Server) authorize(c echo.Context) error {
 		Reasons:       rec.Reasons,
 		Obligations:   orEmpty(d.Obligations),
 		Policy:        policyBody{Revision: rec.Policy.Revision},
+		Receipt:       s.receiptFor(c, rec),
 	})
 }
 
@@ -224,6 +227,7 @@ func (s *Server) record(c echo.Context, rec *decisionlog.Record) *apiError {
 		e.denied = &deniedDecision{decisionID: rec.DecisionID, correlationID: rec.CorrelationID}
 		return e
 	}
+	s.recent.put(rec) // no-op for executions
 	s.metrics.decisions.WithLabelValues(rec.Endpoint, rec.Outcome()).Inc()
 	if e := log.Debug(); e.Enabled() {
 		e.Str("endpoint", rec.Endpoint).Str("agent", rec.AgentID()).Str("action", rec.Action.Name).

@@ -56,6 +56,12 @@ type Server struct {
 	apiKeys     APIKeyLookup
 	requireAuth bool
 
+	// Execution reports and receipts (execution.go, receipt.go).
+	receipts   ReceiptSigner
+	lookup     DecisionLookup
+	execWindow time.Duration
+	recent     *decisionCache
+
 	echo *echo.Echo
 }
 
@@ -114,12 +120,15 @@ func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.I
 		s.registry = prometheus.NewRegistry()
 	}
 	s.metrics = newMetrics(s.registry)
+	s.recent = newDecisionCache(DefaultDecisionCacheSize)
 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
 	e.Use(s.recoverer, s.requestID, s.instrument)
 	e.POST("/v1/authorize", s.authorize)
+	e.POST(EndpointExecutions, s.executions)
+	e.GET(EndpointJWKS, s.jwks)
 	e.POST(EndpointEvaluation, s.evaluation)
 	e.POST(EndpointEvaluations, s.evaluations)
 	e.POST(EndpointSearchSubject, s.searchSubject)

@@ -66,6 +66,7 @@ type serveConfig struct {
 	checkpointInterval time.Duration
 	publicURL          string
 	auth               authConfig
+	receipt            receiptConfig
 }
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
@@ -95,6 +96,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
 	fs.StringVar(&c.publicURL, "public-url", "", "base `url` the AuthZEN metadata names as policy_decision_point, such as https://pdp.example.com (default: as each client reached it)")
 	c.auth.flags(fs)
+	c.receipt.flags(fs)
 }
 
 // Validate reports the first setting that cannot work.
@@ -260,6 +262,11 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
+	receiptOpts, err := cfg.receipt.serverOptions(cfg.dataDir, cfg.publicURL, instanceID, stream)
+	if err != nil {
+		return err
+	}
+	authOpts = append(authOpts, receiptOpts...)
 	reg := prometheus.NewRegistry()
 	rec.register(reg)
 	api := custodyhttp.New(engine, rec.publisher, decisionlog.NewIntentHasher(intentKey), append(authOpts,

@@ -129,10 +129,10 @@ func (s *Sink) settleLocked(ctx context.Context) error {
 	}
 	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
-	m, err := c.cfg.Stream.GetLastMsgForSubject(gctx, decisionlog.DecisionSubject(u))
+	m, err := c.cfg.Stream.GetLastMsgForSubject(gctx, decisionlog.RecordSubject(u))
 	switch {
 	case err == nil:
-		if m.Header.Get(decisionlog.HeaderMsgID) == u.DecisionID && m.Header.Get(HeaderSeq) == strconv.FormatUint(u.Seq, 10) {
+		if m.Header.Get(decisionlog.HeaderMsgID) == u.MsgID() && m.Header.Get(HeaderSeq) == strconv.FormatUint(u.Seq, 10) {
 			c.head = decisionlog.After(u)
 			s.logger.Warn().Str("decision_id", u.DecisionID).Uint64("seq", u.Seq).Msg("record answered as unavailable was stored after all")
 		}
@@ -255,7 +255,7 @@ func RecoverHead(ctx context.Context, stream streamReader, instance string) (dec
 		return head, nil
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{decisionlog.DecisionPrefix + ".>"},
+		FilterSubjects: []string{decisionlog.DecisionPrefix + ".>", decisionlog.ExecutionPrefix + ".>"},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    from,
 		HeadersOnly:    true,

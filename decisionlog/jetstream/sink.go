@@ -91,9 +91,16 @@ func (s *Sink) Publish(ctx context.Context, r *decisionlog.Record) error {
 }
 
 func (s *Sink) decisionMsg(r *decisionlog.Record, body []byte) *nats.Msg {
-	msg := nats.NewMsg(decisionlog.DecisionSubject(r))
+	msg := nats.NewMsg(decisionlog.RecordSubject(r))
 	msg.Data = body
 	msg.Header.Set(decisionlog.HeaderCorrelationID, r.CorrelationID)
+	if r.IsExecution() {
+		msg.Header.Set(decisionlog.HeaderDecisionID, r.DecisionID)
+		if r.Execution != nil {
+			msg.Header.Set(decisionlog.HeaderExecution, r.Execution.Status)
+		}
+		return msg
+	}
 	msg.Header.Set(decisionlog.HeaderDecision, r.Outcome())
 	return msg
 }
@@ -104,14 +111,14 @@ func (s *Sink) send(ctx context.Context, r *decisionlog.Record, msg *nats.Msg) e
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
 	ack, err := s.js.PublishMsg(ctx, msg,
-		jetstream.WithMsgID(r.DecisionID),
+		jetstream.WithMsgID(r.MsgID()),
 		jetstream.WithExpectStream(decisionlog.StreamName),
 		// No responders happens while a stream leader is elected: retry until the deadline.
 		jetstream.WithRetryAttempts(math.MaxInt32),
 		jetstream.WithRetryWait(25*time.Millisecond),
 	)
 	if err != nil {
-		s.logger.Error().Err(err).Str("decision_id", r.DecisionID).Str("correlation_id", r.CorrelationID).Msg("decision record not acked")
+		s.logger.Error().Err(err).Str("decision_id", r.DecisionID).Str("execution_id", r.ExecutionID).Str("correlation_id", r.CorrelationID).Msg("decision record not acked")
 		return fmt.Errorf("jetstream: publish record: %w: %w", decisionlog.ErrUnavailable, err)
 	}
 	if ack.Duplicate {

@@ -150,6 +150,12 @@ type wire struct {
 	} `json:"pdp"`
 	PrevHash string `json:"prev_hash"`
 
+	// custody.execution.v1: chained like a decision, identified by its execution ID
+	ExecutionID string `json:"execution_id"`
+	Execution   *struct {
+		Status string `json:"status"`
+	} `json:"execution"`
+
 	// custody.checkpoint.v1
 	Instance string `json:"instance"`
 	Note     string `json:"note"`
@@ -165,7 +171,7 @@ func (c *Checker) Add(m Message) {
 		return
 	}
 	switch w.Schema {
-	case decisionlog.SchemaDecisionV1:
+	case decisionlog.SchemaDecisionV1, decisionlog.SchemaExecutionV1:
 		c.addDecision(m, msg, &w)
 	case decisionlog.SchemaCheckpointV1:
 		c.addCheckpoint(m, msg, &w)
@@ -195,11 +201,14 @@ func (c *Checker) addDecision(m Message, msg int, w *wire) {
 	inst, seq := w.PDP.Instance, w.Seq
 	ch := c.chain(inst)
 	if m.Subject != "" {
-		r := decisionlog.Record{Allow: w.Allow, Action: pdp.Action{Name: w.Action.Name}, CorrelationID: w.CorrelationID}
+		r := decisionlog.Record{Schema: w.Schema, Allow: w.Allow, Action: pdp.Action{Name: w.Action.Name}, CorrelationID: w.CorrelationID}
 		if w.Agent != nil {
 			r.Agent = &pdp.Agent{ID: w.Agent.ID}
 		}
-		if want := decisionlog.DecisionSubject(&r); m.Subject != want {
+		if w.Execution != nil {
+			r.Execution = &decisionlog.Execution{Status: w.Execution.Status}
+		}
+		if want := decisionlog.RecordSubject(&r); m.Subject != want {
 			c.report(Break{Instance: inst, Seq: seq, Kind: WrongSubject, Msg: msg, Detail: fmt.Sprintf(
 				"published on %s, but its content (outcome, agent, tool, correlation ID) belongs on %s: consumers filtering by subject see it wrongly", printable(m.Subject), want)})
 		}
@@ -279,16 +288,21 @@ func (c *Checker) addDecision(m Message, msg int, w *wire) {
 
 // checkDecisionID reports a decision ID seen before. custody sets Nats-Msg-Id to the decision
 // ID, so the stream's deduplication should make this impossible within its window.
+// An execution is identified by its execution_id (its decision_id names the decision it reports on).
 func (c *Checker) checkDecisionID(w *wire, inst string, seq uint64, msg int) {
-	if w.DecisionID == "" {
+	id, key := w.DecisionID, "decision_id"
+	if w.Schema == decisionlog.SchemaExecutionV1 {
+		id, key = w.ExecutionID, "execution_id"
+	}
+	if id == "" {
 		return
 	}
-	if first, ok := c.decisions[w.DecisionID]; ok {
+	if first, ok := c.decisions[id]; ok {
 		c.report(Break{Instance: inst, Seq: seq, Kind: Duplicate, Msg: msg, Detail: fmt.Sprintf(
-			"decision_id %s was already used at message %d, by a different record", printable(w.DecisionID), first)})
+			"%s %s was already used at message %d, by a different record", key, printable(id), first)})
 		return
 	}
-	c.decisions[w.DecisionID] = msg
+	c.decisions[id] = msg
 }
 
 func (c *Checker) addCheckpoint(m Message, msg int, w *wire) {

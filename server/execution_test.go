@@ -1,0 +1,118 @@
+package server_test
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+	"github.com/lestrrat-go/jwx/v3/jwt"
+
+	"github.com/custodyhq/custody/decisionlog"
+	"github.com/custodyhq/custody/receipt"
+	"github.com/custodyhq/custody/server"
+)
+
+// fakeLookup finds decisions that another instance made.
+type fakeLookup map[string]*decisionlog.Record
+
+func (f fakeLookup) Lookup(_ context.Context, id, _ string) (*decisionlog.Record, error) {
+	return f[id], nil
+}
+
+func TestExecutions(t *testing.T) {
+	key, err := receipt.LoadOrCreateKey(t.TempDir() + "/receipt.key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := receipt.NewIssuer(key, "test", 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := &decisionlog.Record{Schema: decisionlog.SchemaDecisionV1, DecisionID: "elsewhere", CorrelationID: "c-other", Allow: true, Timestamp: fixedNow}
+	pub := &decisionlog.Memory{}
+	s := server.New(engine(t), pub, decisionlog.NewIntentHasher(testKey),
+		server.WithIDFunc(sequentialIDs()),
+		server.WithClock(func() time.Time { return fixedNow }),
+		server.WithInstance(decisionlog.Instance{Instance: "test-instance", Version: "test"}),
+		server.WithReceipts(iss),
+		server.WithDecisionLookup(fakeLookup{"elsewhere": other}),
+	)
+	h := s.Handler()
+
+	allow := do(t, h, "POST", "/v1/authorize", "application/json", exampleRequest)
+	if allow.Status != http.StatusOK || allow.Body["allow"] != true {
+		t.Fatalf("authorize: %d %s", allow.Status, allow.Raw)
+	}
+	tok, _ := allow.Body["receipt"].(string)
+	if tok == "" || allow.Header.Get(server.HeaderReceipt) != tok {
+		t.Fatalf("allow carries no receipt in body and header: %s", allow.Raw)
+	}
+	jwks := do(t, h, "GET", server.EndpointJWKS, "", "")
+	set, err := jwk.Parse([]byte(jwks.Raw))
+	if err != nil {
+		t.Fatalf("jwks: %v: %s", err, jwks.Raw)
+	}
+	// The test clock is fixed in the past, so check the signature and claims at that time.
+	got, err := jwt.Parse([]byte(tok), jwt.WithKeySet(set), jwt.WithClock(jwt.ClockFunc(func() time.Time { return fixedNow })))
+	if err != nil {
+		t.Fatalf("receipt does not verify: %v", err)
+	}
+	if jti, _ := got.JwtID(); jti != allow.Body["decision_id"] {
+		t.Errorf("receipt jti %q, decision %v", jti, allow.Body["decision_id"])
+	}
+	deny := do(t, h, "POST", "/v1/authorize", "application/json", `{"agent":{"id":"spiffe://acme.example/agents/mailer"},"user":{"id":"bob"},"tool":{"name":"delete_file"}}`)
+	if deny.Body["allow"] != false || deny.Body["receipt"] != nil || deny.Header.Get(server.HeaderReceipt) != "" {
+		t.Fatalf("deny: %s", deny.Raw)
+	}
+	allowID, denyID := allow.Body["decision_id"].(string), deny.Body["decision_id"].(string)
+
+	for _, tc := range []struct {
+		name, body, violation string
+		status                int
+	}{
+		{"after allow", `{"decision_id":"` + allowID + `","status":"succeeded","target":{"system":"mail","request_id":"m-1"},"started_at":"2026-11-27T06:00:01Z","finished_at":"2026-11-27T06:00:02Z"}`, "", 200},
+		{"after deny", `{"decision_id":"` + denyID + `","status":"succeeded","target":{"system":"fs"}}`, decisionlog.ViolationExecutedAfterDeny, 200},
+		{"unknown", `{"decision_id":"nope","correlation_id":"c-9","status":"failed","target":{"system":"fs"},"error":"boom"}`, decisionlog.ViolationUnknownDecision, 200},
+		{"expired", `{"decision_id":"` + allowID + `","status":"succeeded","target":{"system":"mail"},"finished_at":"2026-11-27T06:10:00Z"}`, decisionlog.ViolationDecisionExpired, 200},
+		{"from another instance", `{"decision_id":"elsewhere","status":"skipped","target":{"system":"mail"}}`, "", 200},
+		{"bad status", `{"decision_id":"` + allowID + `","status":"done","target":{"system":"mail"}}`, "", 400},
+		{"no system", `{"decision_id":"` + allowID + `","status":"failed","target":{}}`, "", 400},
+		{"no decision", `{"status":"failed","target":{"system":"mail"}}`, "", 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(pub.Records())
+			r := do(t, h, "POST", server.EndpointExecutions, "application/json", tc.body)
+			if r.Status != tc.status {
+				t.Fatalf("status %d, want %d: %s", r.Status, tc.status, r.Raw)
+			}
+			recs := pub.Records()
+			if tc.status != 200 {
+				if len(recs) != before {
+					t.Fatal("a refused report was recorded")
+				}
+				return
+			}
+			rec := recs[len(recs)-1]
+			if rec.Schema != decisionlog.SchemaExecutionV1 || rec.Execution == nil {
+				t.Fatalf("last record is not an execution: %+v", rec)
+			}
+			if diff := cmp.Diff(tc.violation, rec.Execution.Violation); diff != "" {
+				t.Errorf("violation (-want +got):\n%s", diff)
+			}
+			if r.Body["execution_id"] != rec.ExecutionID || rec.ExecutionID == rec.DecisionID {
+				t.Errorf("execution_id %v, record %q", r.Body["execution_id"], rec.ExecutionID)
+			}
+			if tc.name == "after allow" {
+				if rec.CorrelationID != allow.Body["correlation_id"] || rec.AgentID() != "spiffe://acme.example/agents/mailer" || rec.Action.Name != "send_email" || rec.Task == nil || rec.Task.ID != "t-42" {
+					t.Errorf("execution not linked to its decision: %+v", rec)
+				}
+				if want := "custody.execution.succeeded.spiffe___acme_example_agents_mailer.send_email." + decisionlog.Token(rec.CorrelationID); decisionlog.RecordSubject(&rec) != want {
+					t.Errorf("subject %s, want %s", decisionlog.RecordSubject(&rec), want)
+				}
+			}
+		})
+	}
+}
