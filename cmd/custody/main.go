@@ -49,6 +49,7 @@ commands:
   export   write the decision stream to a file, one message per line
   verify   check the stream's hash chains and signed checkpoints; non-zero exit on any break
   bundle   'custody bundle push FILE': roll a policy bundle out to every 'serve --bundle-source nats'
+  mcp      an MCP gateway: every upstream tools/call goes through the PDP first
   keys     print the checkpoint verifier key; 'custody keys api-key NAME' makes an API key
   version  print the version
 
@@ -74,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runVerify(ctx, rest, stdout, stderr)
 	case "bundle":
 		return runBundle(ctx, rest, stdout, stderr)
+	case "mcp":
+		return runMCP(ctx, rest, stdout, stderr)
 	case "keys":
 		return runKeys(rest, stdout, stderr)
 	case "version", "--version":
