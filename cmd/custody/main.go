@@ -48,6 +48,8 @@ commands:
   eval     evaluate one policy input offline, for policy authors
   export   write the decision stream to a file, one message per line
   verify   check the stream's hash chains and signed checkpoints; non-zero exit on any break
+  trace    'custody trace CORRELATION-ID': the workflow graph of one human request
+  correlate 'custody correlate --system-log FILE': join downstream system logs to decisions
   bundle   'custody bundle push FILE': roll a policy bundle out to every 'serve --bundle-source nats'
   mcp      an MCP gateway: every upstream tools/call goes through the PDP first
   keys     print the checkpoint verifier key; 'custody keys api-key NAME' makes an API key
@@ -73,6 +75,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runExport(ctx, rest, stdout, stderr)
 	case "verify":
 		return runVerify(ctx, rest, stdout, stderr)
+	case "trace":
+		return runTrace(ctx, rest, stdout, stderr)
+	case "correlate":
+		return runCorrelate(ctx, rest, stdout, stderr)
 	case "bundle":
 		return runBundle(ctx, rest, stdout, stderr)
 	case "mcp":

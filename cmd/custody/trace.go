@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/custodyhq/custody/decisionlog"
+	"github.com/custodyhq/custody/decisionlog/trace"
+)
+
+func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("trace", stderr)
+	var natsURL, creds, format string
+	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
+	fs.StringVar(&creds, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&format, "format", "text", "text (an indented tree), json, dot or mermaid")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: custody trace [flags] <correlation-id>")
+		fs.PrintDefaults()
+	}
+	// Flags may come before or after the correlation ID.
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var rest []string
+	corr := ""
+	if fs.NArg() > 0 {
+		corr, rest = fs.Arg(0), fs.Args()[1:]
+	}
+	if len(rest) > 0 {
+		if err := fs.Parse(rest); err != nil {
+			return fmt.Errorf("%w: %w", errUsage, err)
+		}
+		if fs.NArg() > 0 {
+			return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+		}
+	}
+	if corr == "" {
+		return fmt.Errorf("%w: trace: want a correlation ID", errUsage)
+	}
+	write := map[string]func(*trace.Graph, io.Writer) error{
+		"text": (*trace.Graph).WriteText, "json": (*trace.Graph).WriteJSON,
+		"dot": (*trace.Graph).WriteDOT, "mermaid": (*trace.Graph).WriteMermaid,
+	}[format]
+	if write == nil {
+		return fmt.Errorf("%w: --format %q: want text, json, dot or mermaid", errUsage, format)
+	}
+	recs, err := readRecords(ctx, "trace", natsURL, creds, decisionlog.CorrelationFilters(corr))
+	if err != nil {
+		return err
+	}
+	g := trace.Build(corr, recs)
+	if len(g.Nodes) == 1 {
+		return fmt.Errorf("trace: no decisions or executions for correlation ID %q", corr)
+	}
+	return write(g, stdout)
+}
+
+// readRecords reads every decision and execution record on the given subject filters, from the
+// start of the stream to its current end. Filtering happens on the server.
+func readRecords(ctx context.Context, cmd, natsURL, creds string, filters []string) ([]decisionlog.Record, error) {
+	opts := []nats.Option{nats.Name("custody " + cmd)}
+	if creds != "" {
+		opts = append(opts, nats.UserCredentials(creds))
+	}
+	nc, err := nats.Connect(natsURL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: connect to NATS at %s: %w", cmd, redactURL(natsURL), err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("%s: jetstream: %w", cmd, err)
+	}
+	stream, err := js.Stream(ctx, decisionlog.StreamName)
+	if err != nil {
+		return nil, fmt.Errorf("%s: stream %s: %w", cmd, decisionlog.StreamName, err)
+	}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters, DeliverPolicy: jetstream.DeliverAllPolicy})
+	if err != nil {
+		return nil, fmt.Errorf("%s: read stream %s: %w", cmd, decisionlog.StreamName, err)
+	}
+	var recs []decisionlog.Record
+	for {
+		batch, err := cons.FetchNoWait(1000)
+		if err != nil {
+			return nil, fmt.Errorf("%s: read stream: %w", cmd, err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			var r decisionlog.Record
+			if err := json.Unmarshal(m.Data(), &r); err != nil {
+				return nil, fmt.Errorf("%s: unreadable record on %s: %w", cmd, m.Subject(), err)
+			}
+			recs = append(recs, r)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("%s: read stream: %w", cmd, err)
+		}
+		if n == 0 {
+			return recs, nil
+		}
+	}
+}
