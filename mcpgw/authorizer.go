@@ -46,6 +46,10 @@ type Call struct {
 	Traceparent string
 	// Context is the policy's input.context.
 	Context map[string]any
+	// Approval, when set, is a human's answer to an approval request custody issued. The policy
+	// sees it as input.context.approval; since the record keeps no context, it is also sent as
+	// resource.properties.approval (resource {type tool, id <tool>}) so that the stream has it.
+	Approval map[string]any
 }
 
 // Decision is the PDP's answer to one call.
@@ -91,6 +95,7 @@ type nativeRequest struct {
 	Agent         Entity         `json:"agent"`
 	User          *Entity        `json:"user,omitempty"`
 	Tool          toolBody       `json:"tool"`
+	Resource      *Entity        `json:"resource,omitempty"`
 	Context       map[string]any `json:"context,omitempty"`
 }
 
@@ -105,6 +110,15 @@ func (a *HTTPAuthorizer) Authorize(ctx context.Context, p Principal, c Call) (De
 	body := nativeRequest{Agent: p.Agent, User: p.User, Tool: toolBody{Name: c.Tool, Server: c.Server, Arguments: orEmpty(c.Arguments)}, Context: c.Context}
 	if c.CorrelationID != "" {
 		body.CorrelationID = &c.CorrelationID
+	}
+	if c.Approval != nil {
+		ctx := make(map[string]any, len(c.Context)+1)
+		for k, v := range c.Context {
+			ctx[k] = v
+		}
+		ctx["approval"] = c.Approval
+		body.Context = ctx
+		body.Resource = &Entity{Type: "tool", ID: c.Tool, Properties: map[string]any{"approval": c.Approval}}
 	}
 	var d Decision
 	if err := a.post(ctx, "/v1/authorize", p, c.Traceparent, body, &d); err != nil {

@@ -360,7 +360,7 @@ func (g *Gateway) call(ctx context.Context, u *upstream, tool string, req *mcp.C
 // approved handles the retry of a call that carries an answer to an approval request. The
 // answer counts only with a state custody signed for this very call, principal and arguments,
 // not expired and not used before. The answer is decided and recorded as a second decision
-// under the same correlation ID, with input.context.approval describing it.
+// under the same correlation ID, with the answer in Call.Approval.
 func (g *Gateway) approved(ctx context.Context, u *upstream, tool string, p Principal, c Call, params *mcp.CallToolParamsRaw, log zerolog.Logger) (*mcp.CallToolResult, error) {
 	action, approve := "", false
 	if r, ok := params.InputResponses[approvalInputID].(*mcp.ElicitResult); ok {
@@ -383,7 +383,7 @@ func (g *Gateway) approved(ctx context.Context, u *upstream, tool string, p Prin
 		approval["request_decision_id"] = st.DecisionID
 		c.CorrelationID = st.CorrelationID
 	}
-	c.Context = map[string]any{"approval": approval}
+	c.Approval = approval
 	d, err := g.auth.Authorize(ctx, p, c)
 	if err != nil {
 		log.Warn().Err(err).Msg("approval answer not recorded; not forwarded")

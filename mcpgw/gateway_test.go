@@ -308,7 +308,7 @@ func TestGatewayPerProtocolVersion(t *testing.T) {
 						t.Errorf("events (-want +got):\n%s", diff)
 					}
 					calls := pdp.recorded()
-					approval, _ := calls[1].Context["approval"].(map[string]any)
+					approval := calls[1].Approval
 					if calls[1].CorrelationID != "4bf92f3577b34da6a3ce929d0e0e4736" || approval["action"] != tc.answer.Action ||
 						approval["approved"] != tc.forward || approval["valid"] != true || approval["request_decision_id"] != "dec-1" {
 						t.Errorf("answer recorded as %+v", calls[1])
@@ -334,7 +334,7 @@ func TestGatewayPerProtocolVersion(t *testing.T) {
 				if diff := cmp.Diff([]string{"decide delete_file dec-1"}, ev.all()); diff != "" {
 					t.Errorf("events (-want +got):\n%s", diff)
 				}
-				if approval := pdp.recorded()[0].Context["approval"].(map[string]any); approval["valid"] != false || approval["approved"] != false {
+				if approval := pdp.recorded()[0].Approval; approval["valid"] != false || approval["approved"] != false {
 					t.Errorf("forged answer recorded as %v", approval)
 				}
 			})

@@ -2,9 +2,11 @@ package mcpgw_test
 
 import (
 	"context"
+	"io/fs"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/fstest"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -21,17 +23,7 @@ import (
 // policies: the same input and record as /v1/authorize, and each decision on the log before
 // the upstream runs.
 func TestAgainstTheRealPDP(t *testing.T) {
-	set, err := bundles.FromFS(policies.FS, "embedded")
-	if err != nil {
-		t.Fatal(err)
-	}
-	engine, err := pdp.New(context.Background(), set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := &decisionlog.Memory{}
-	api := httptest.NewServer(server.New(engine, log, decisionlog.NewIntentHasher([]byte("0123456789abcdef0123456789abcdef"))).Handler())
-	t.Cleanup(api.Close)
+	api, log := realPDP(t, policies.FS)
 
 	ev := &events{}
 	up := newUpstream(ev, "read_file", "write_file", "web_search")
@@ -88,5 +80,71 @@ func TestAgainstTheRealPDP(t *testing.T) {
 		if r.Endpoint != "/access/v1/evaluations" {
 			t.Errorf("list record %d from %s, want the AuthZEN batch", i, r.Endpoint)
 		}
+	}
+}
+
+// realPDP serves custody's HTTP API with the policy set in fsys, recording into memory.
+func realPDP(t *testing.T, fsys fs.FS) (*httptest.Server, *decisionlog.Memory) {
+	t.Helper()
+	set, err := bundles.FromFS(fsys, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine, err := pdp.New(context.Background(), set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &decisionlog.Memory{}
+	api := httptest.NewServer(server.New(engine, log, decisionlog.NewIntentHasher([]byte("0123456789abcdef0123456789abcdef"))).Handler())
+	t.Cleanup(api.Close)
+	return api, log
+}
+
+// approvalPolicy allows everything, and delete_file only with a human's approval.
+const approvalPolicy = `package custody.authz
+
+decision := {"allow": true, "reasons": ["allowed"], "obligations": {"require_approval": true, "approval_reason": "high_risk_tool"}} if input.action.name == "delete_file"
+
+decision := {"allow": true, "reasons": ["allowed"], "obligations": {}} if input.action.name != "delete_file"
+`
+
+// TestApprovalOnTheRealPDP: the human's answer is a second decision on the log under the
+// request's correlation ID, with the answer in the record, before the upstream runs.
+func TestApprovalOnTheRealPDP(t *testing.T) {
+	for _, version := range []string{"2025-11-25", "2026-07-28"} {
+		t.Run(version, func(t *testing.T) {
+			api, log := realPDP(t, fstest.MapFS{"authz.rego": {Data: []byte(approvalPolicy)}})
+			up := newUpstream(&events{})
+			var recordsBefore int
+			up.AddTool(&mcp.Tool{Name: "delete_file", InputSchema: map[string]any{"type": "object"}}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+				recordsBefore = len(log.Records())
+				return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "deleted"}}}, nil
+			})
+			cs, _ := connect(t, &mcpgw.HTTPAuthorizer{BaseURL: api.URL}, map[string]*upstreamServer{"filesystem": up}, version, &mcp.ClientOptions{
+				ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+					return &mcp.ElicitResult{Action: "accept", Content: map[string]any{"approve": true}}, nil
+				},
+			})
+			listed := len(log.Records())
+			res, err := cs.CallTool(t.Context(), &mcp.CallToolParams{Name: "delete_file", Arguments: map[string]any{"path": "/tmp/a"}, Meta: mcp.Meta{"traceparent": testTraceparent}})
+			if err != nil || res.IsError {
+				t.Fatalf("delete_file: %v %+v", err, res)
+			}
+			recs := log.Records()[listed:]
+			if len(recs) != 2 || recordsBefore != listed+2 {
+				t.Fatalf("%d records, %d before the upstream ran; want both before", len(recs), recordsBefore-listed)
+			}
+			ask, answer := recs[0], recs[1]
+			if ask.CorrelationID != "4bf92f3577b34da6a3ce929d0e0e4736" || answer.CorrelationID != ask.CorrelationID {
+				t.Errorf("correlation IDs %q and %q, want both the trace ID", ask.CorrelationID, answer.CorrelationID)
+			}
+			approval, _ := answer.Resource.Properties["approval"].(map[string]any)
+			if approval["action"] != "accept" || approval["approved"] != true || approval["valid"] != true || approval["request_decision_id"] != ask.DecisionID {
+				t.Errorf("answer record resource = %+v", answer.Resource)
+			}
+			if res.Meta[mcpgw.MetaDecisionID] != answer.DecisionID {
+				t.Errorf("result decision %v, want the answer's %s", res.Meta[mcpgw.MetaDecisionID], answer.DecisionID)
+			}
+		})
 	}
 }

@@ -2,17 +2,24 @@ package test
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"io"
+	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/custodyhq/custody/decisionlog"
+	"github.com/custodyhq/custody/internal/tokentest"
 )
 
 var (
@@ -68,6 +75,123 @@ func TestMCPGateway(t *testing.T) {
 			return ""
 		})
 	})
+}
+
+// TestMCPGatewayTokenAndApproval: over stdio with --token-file, the PDP verifies the delegation
+// token, so the high-risk delete_file is allowed with the obligation to ask the human; the
+// approval goes through elicitation and is recorded under the same correlation ID.
+func TestMCPGatewayTokenAndApproval(t *testing.T) {
+	up := mcpUpstream(t)
+	issuer := tokentest.NewIssuer(t, idp)
+	dir := t.TempDir()
+	jwks := filepath.Join(dir, "jwks.json")
+	issuer.WriteJWKS(t, jwks)
+	ops := "spiffe://acme.example/agents/ops"
+	tokenFile := filepath.Join(dir, "token")
+	tok := issuer.Token(t, tokentest.Claims{"sub": "alice@acme.example", "aud": audience, "scope": "files.read files.write", "act": map[string]any{"sub": ops}})
+	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, transport := range []string{"stdio", "http"} {
+		t.Run(transport, func(t *testing.T) {
+			c := startCustody(t, "", "--issuer", idp, "--jwks", jwks, "--audience", audience, "--require-auth")
+			var asked []string
+			client := mcp.NewClient(&mcp.Implementation{Name: "e2e", Version: "1"}, &mcp.ClientOptions{
+				ElicitationHandler: func(_ context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+					asked = append(asked, req.Params.Message)
+					return &mcp.ElicitResult{Action: "accept", Content: map[string]any{"approve": true}}, nil
+				},
+			})
+			var t2 mcp.Transport
+			if transport == "stdio" {
+				t2 = &mcp.CommandTransport{Command: exec.Command(binary, "mcp", "--pdp-url", c.HTTP, "--token-file", tokenFile, "--upstream", "filesystem="+up)}
+			} else {
+				// Over HTTP the client's own bearer token is the delegation token.
+				t2 = &mcp.StreamableClientTransport{Endpoint: startMCPHTTP(t, "--pdp-url", c.HTTP, "--upstream", "filesystem="+up),
+					HTTPClient: &http.Client{Transport: bearerTransport{tok}}}
+			}
+			cs, err := client.Connect(t.Context(), t2, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cs.Close() })
+			var names []string
+			for tool, err := range cs.Tools(t.Context(), nil) {
+				if err != nil {
+					t.Fatal(err)
+				}
+				names = append(names, tool.Name)
+			}
+			if !slices.Equal(names, []string{"delete_file", "read_file", "write_file"}) {
+				t.Errorf("tools = %v", names)
+			}
+			res, err := cs.CallTool(t.Context(), &mcp.CallToolParams{Name: "delete_file", Arguments: map[string]any{"path": "/tmp/x/a"},
+				Meta: mcp.Meta{"traceparent": "00-" + mcpTraceID + "-b7ad6b7169203331-01"}})
+			if err != nil || res.IsError {
+				t.Fatalf("delete_file: %v %+v", err, res)
+			}
+			if len(asked) != 1 {
+				t.Errorf("asked %d times, want once", len(asked))
+			}
+			var calls []decisionlog.Record
+			for _, m := range readStream(t, c.NATS) {
+				if m.Record.Endpoint == "/v1/authorize" {
+					calls = append(calls, m.Record)
+				}
+			}
+			if len(calls) != 2 {
+				t.Fatalf("%d /v1/authorize records, want the request and the answer", len(calls))
+			}
+			for _, r := range calls {
+				if !r.Allow || r.CorrelationID != mcpTraceID || !r.Delegation.Verified || r.Subject.ID != "alice@acme.example" || r.AgentID() != ops {
+					t.Errorf("record %+v, want a verified allow of alice via ops under the trace ID", r)
+				}
+			}
+			if a, _ := calls[1].Resource.Properties["approval"].(map[string]any); a["approved"] != true || a["request_decision_id"] != calls[0].DecisionID {
+				t.Errorf("answer record resource %+v", calls[1].Resource)
+			}
+		})
+	}
+}
+
+type bearerTransport struct{ token string }
+
+func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// startMCPHTTP runs `custody mcp --listen 127.0.0.1:0` and returns its endpoint URL.
+func startMCPHTTP(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"mcp", "--listen", "127.0.0.1:0", "--log-level", "info"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var e map[string]any
+			if json.Unmarshal(sc.Bytes(), &e) == nil && e["message"] == "custody mcp serving" {
+				found <- e["url"].(string)
+			}
+		}
+	}()
+	select {
+	case u := <-found:
+		return u
+	case <-time.After(30 * time.Second):
+		t.Fatal("custody mcp did not start serving HTTP")
+		return ""
+	}
 }
 
 func exercise(t *testing.T, args []string, natsURL func(*strings.Builder) string) {
