@@ -94,3 +94,26 @@ func mustKey(t *testing.T, set jwk.Set) jwk.Key {
 	}
 	return k
 }
+
+func BenchmarkSign(b *testing.B) {
+	key, err := receipt.LoadOrCreateKey(filepath.Join(b.TempDir(), "receipt.key"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	iss, err := receipt.NewIssuer(key, "bench", time.Minute)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rec := &decisionlog.Record{
+		DecisionID: "01a21bf7-a452-7799-86eb-18ff6501d7fe", CorrelationID: "req-q3-close", Timestamp: time.Now(), Allow: true,
+		Subject: pdp.Entity{Type: "user", ID: "alice@acme.example"}, Action: pdp.Action{Name: "send_email"},
+		Resource: pdp.Entity{Type: "mailbox", ID: "alice"}, Agent: &pdp.Agent{ID: "spiffe://acme.example/agents/mailer"},
+		Task: &pdp.Task{ID: "t-mail"},
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := iss.Sign(rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -2,7 +2,10 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,4 +118,64 @@ func TestExecutions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkAuthorizeReceipt is the in-memory cost of an allow with and without its receipt.
+func BenchmarkAuthorizeReceipt(b *testing.B) {
+	key, err := receipt.LoadOrCreateKey(b.TempDir() + "/receipt.key")
+	if err != nil {
+		b.Fatal(err)
+	}
+	iss, err := receipt.NewIssuer(key, "bench", 5*time.Minute)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		opts []server.Option
+	}{{"without", nil}, {"with", []server.Option{server.WithReceipts(iss)}}} {
+		b.Run(tc.name, func(b *testing.B) {
+			h := server.New(engine(b), &discard{}, decisionlog.NewIntentHasher(testKey), tc.opts...).Handler()
+			b.ReportAllocs()
+			for b.Loop() {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, jsonRequest(server.EndpointAuthorize, exampleRequest))
+				if rec.Code != http.StatusOK {
+					b.Fatal(rec.Code)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkExecution is the in-memory cost of one execution report of a remembered decision.
+func BenchmarkExecution(b *testing.B) {
+	h := server.New(engine(b), &discard{}, decisionlog.NewIntentHasher(testKey)).Handler()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, jsonRequest(server.EndpointAuthorize, exampleRequest))
+	var a struct {
+		DecisionID string `json:"decision_id"`
+	}
+	_ = json.Unmarshal(rec.Body.Bytes(), &a)
+	body := `{"decision_id":"` + a.DecisionID + `","status":"succeeded","target":{"system":"mail","request_id":"m-1"}}`
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, jsonRequest(server.EndpointExecutions, body))
+		if rec.Code != http.StatusOK || strings.Contains(rec.Body.String(), "violation") {
+			b.Fatal(rec.Code, rec.Body.String())
+		}
+	}
+}
+
+// discard is a Publisher that keeps nothing, for benchmarks.
+type discard struct{}
+
+func (discard) Publish(context.Context, *decisionlog.Record) error { return nil }
+func (discard) Close(context.Context) error                        { return nil }
+
+func jsonRequest(path, body string) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	return r
 }
