@@ -277,20 +277,10 @@ func (s *Server) evaluate(c echo.Context, endpoint string, it evalItem, l lifted
 // refuse records and returns the deny of an item that is not a valid evaluation. No policy sees
 // it; the record names the fault, so that every answered item has its decision on the stream.
 func (s *Server) refuse(c echo.Context, endpoint string, e *apiError, m requestMeta) *outcome {
-	rec := &decisionlog.Record{
-		Schema:        decisionlog.SchemaDecisionV1,
-		DecisionID:    s.newID(),
-		Timestamp:     s.now().UTC(),
-		CorrelationID: m.correlationID,
-		RequestID:     m.requestID,
-		TraceID:       m.trace.TraceID,
-		SpanID:        m.trace.SpanID,
-		Endpoint:      endpoint,
-		Delegation:    pdp.Delegation{Chain: []any{}},
-		Reasons:       []string{e.Code},
-		Error:         e.Message,
-		PDP:           s.instance,
-	}
+	rec := s.baseRecord(endpoint, &pdp.Input{Delegation: pdp.Delegation{Chain: []any{}}}, m)
+	rec.Policy = decisionlog.PolicyRef{} // no policy saw it
+	rec.Reasons = []string{e.Code}
+	rec.Error = e.Message
 	o := &outcome{rec: rec, err: &itemError{Status: statusCode(e.Code), Code: e.Code, Message: e.Message}}
 	o.recordErr = s.record(c, rec)
 	return o
