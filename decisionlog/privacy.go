@@ -36,9 +36,12 @@ var sensitiveKeyParts = []string{
 	"credential", "privatekey", "clientsecret", "sessionkey", "accesskey", "prompt", "intent",
 }
 
+// keySeparators is built once: a Replacer per call cost more than the rest of masking.
+var keySeparators = strings.NewReplacer("-", "", "_", "", " ", "")
+
 // SensitiveKey reports whether a value stored under key must be masked before recording.
 func SensitiveKey(key string) bool {
-	k := strings.ToLower(strings.NewReplacer("-", "", "_", "", " ", "").Replace(key))
+	k := strings.ToLower(keySeparators.Replace(key))
 	for _, p := range sensitiveKeyParts {
 		if strings.Contains(k, p) {
 			return true

@@ -40,6 +40,7 @@ const (
 )
 
 type serveConfig struct {
+	debugAddr          string
 	configFile         string
 	addr               string
 	dataDir            string
@@ -92,6 +93,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.checkpointInterval, "checkpoint-interval", custodyjs.DefaultCheckpointInterval, "and at least this often while decisions flow")
 	fs.Int64Var(&c.maxBodyBytes, "max-body-bytes", custodyhttp.DefaultMaxBodyBytes, "largest request body accepted")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "how long shutdown waits for requests in flight and their records")
+	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go pprof profiles on this `host:port` (off by default; keep it on loopback)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
 	fs.StringVar(&c.publicURL, "public-url", "", "base `url` the AuthZEN metadata names as policy_decision_point, such as https://pdp.example.com (default: as each client reached it)")
@@ -296,6 +298,11 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
+	stopDebug, err := startDebug(cfg.debugAddr, log)
+	if err != nil {
+		return fmt.Errorf("serve: debug listener: %w", err)
+	}
+	defer stopDebug()
 	serveErr := make(chan error, 1)
 	if tlsConfig != nil {
 		srv.TLSConfig = tlsConfig
