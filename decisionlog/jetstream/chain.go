@@ -282,7 +282,9 @@ func RecoverHead(ctx context.Context, stream streamReader, instance string) (dec
 					head = decisionlog.ChainHead{Seq: seq, Hash: m.Headers().Get(HeaderHash)}
 				}
 			}
-			if md.Sequence.Stream >= lastSeq {
+			// NumPending 0: nothing more matches the filter. Without it, a stream ending in a
+			// checkpoint (not matched) made the next fetch wait out its 2 s timeout at every start.
+			if md.Sequence.Stream >= lastSeq || md.NumPending == 0 {
 				done = true
 			}
 		}
