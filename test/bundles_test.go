@@ -388,6 +388,12 @@ func TestFleetFollowsObjectStore(t *testing.T) {
 		}
 	}
 
+	// With --nats-url the instances answer from their spools and forward afterwards: stop them,
+	// which drains the spools, before reading the stream.
+	for _, c := range fleet {
+		c.Stop(t)
+	}
+
 	// Each instance recorded, on the one stream, the revision that made each of its decisions.
 	seen := map[string]map[string]int{} // instance -> revision -> records
 	for _, m := range readStream(t, url) {
