@@ -206,10 +206,6 @@ func (s *Server) baseRecord(endpoint string, in *pdp.Input, m requestMeta) *deci
 	if in.Agent != nil {
 		rec.Agent = &pdp.Agent{ID: in.Agent.ID, Type: in.Agent.Type, Properties: decisionlog.MaskMap(in.Agent.Properties)}
 	}
-	if pol, ok := s.decider.(interface{ Policy() pdp.PolicyInfo }); ok {
-		p := pol.Policy()
-		rec.Policy = decisionlog.PolicyRef{Query: p.Query, Revision: p.Revision}
-	}
 	return rec
 }
 

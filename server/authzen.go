@@ -278,7 +278,6 @@ func (s *Server) evaluate(c echo.Context, endpoint string, it evalItem, l lifted
 // it; the record names the fault, so that every answered item has its decision on the stream.
 func (s *Server) refuse(c echo.Context, endpoint string, e *apiError, m requestMeta) *outcome {
 	rec := s.baseRecord(endpoint, &pdp.Input{Delegation: pdp.Delegation{Chain: []any{}}}, m)
-	rec.Policy = decisionlog.PolicyRef{} // no policy saw it
 	rec.Reasons = []string{e.Code}
 	rec.Error = e.Message
 	o := &outcome{rec: rec, err: &itemError{Status: statusCode(e.Code), Code: e.Code, Message: e.Message}}

@@ -199,6 +199,10 @@ func (s *Server) recordAttempt(c echo.Context, endpoint string, in *pdp.Input, m
 		reason = ReasonIdentityMismatch
 	}
 	rec := s.baseRecord(endpoint, in, m)
+	if pol, ok := s.decider.(interface{ Policy() pdp.PolicyInfo }); ok {
+		p := pol.Policy() // no policy decided an attempt; name the one that would have
+		rec.Policy = decisionlog.PolicyRef{Query: p.Query, Revision: p.Revision}
+	}
 	rec.Allow = false
 	rec.Reasons = []string{reason}
 	rec.Error = cause.Message

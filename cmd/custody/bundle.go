@@ -10,7 +10,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/custodyhq/custody/bundles"
@@ -100,13 +99,9 @@ func runBundlePush(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return fmt.Errorf("bundle push: not pushed: %w", err)
 	}
 
-	opts := []nats.Option{nats.Name("custody bundle push"), nats.Timeout(5 * time.Second)}
-	if creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
-	}
-	nc, err := nats.Connect(natsURL, opts...)
+	nc, err := dialNATS(natsURL, creds, "custody bundle push")
 	if err != nil {
-		return fmt.Errorf("bundle push: connect to NATS at %s: %w", redactURL(natsURL), err)
+		return fmt.Errorf("bundle push: %w", err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)

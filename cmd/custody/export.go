@@ -143,9 +143,10 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	return t, nil
 }
 
-// dialNATS connects to the NATS server at url, with a credentials file when creds is set.
-func dialNATS(url, creds, name string) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name(name), nats.Timeout(5 * time.Second)}
+// dialNATS connects to the NATS server at url, with a credentials file when creds is set; extra
+// options (reconnect policy, handlers) come after the defaults.
+func dialNATS(url, creds, name string, extra ...nats.Option) (*nats.Conn, error) {
+	opts := append([]nats.Option{nats.Name(name), nats.Timeout(5 * time.Second)}, extra...)
 	if creds != "" {
 		opts = append(opts, nats.UserCredentials(creds))
 	}

@@ -348,24 +348,18 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 }
 
 func connectNATS(url, creds, name string, log zerolog.Logger) (*nats.Conn, error) {
-	opts := []nats.Option{
-		nats.Name(name),
+	nc, err := dialNATS(url, creds, name,
 		nats.MaxReconnects(-1), // keep trying: while disconnected, decisions are 503 denies
-		nats.ReconnectWait(250 * time.Millisecond),
-		nats.Timeout(5 * time.Second),
+		nats.ReconnectWait(250*time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Warn().Err(err).Msg("nats disconnected")
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("nats reconnected")
 		}),
-	}
-	if creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
-	}
-	nc, err := nats.Connect(url, opts...)
+	)
 	if err != nil {
-		return nil, fmt.Errorf("serve: connect to NATS at %s: %w", redactURL(url), err)
+		return nil, fmt.Errorf("serve: %w", err)
 	}
 	return nc, nil
 }

@@ -56,13 +56,9 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
 	}
 
-	opts := []nats.Option{nats.Name("custody tail"), nats.MaxReconnects(-1)}
-	if creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
-	}
-	nc, err := nats.Connect(natsURL, opts...)
+	nc, err := dialNATS(natsURL, creds, "custody tail", nats.MaxReconnects(-1))
 	if err != nil {
-		return fmt.Errorf("tail: connect to NATS at %s: %w", redactURL(natsURL), err)
+		return fmt.Errorf("tail: %w", err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/custodyhq/custody/decisionlog"
@@ -65,13 +64,9 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // readRecords reads every decision and execution record on the given subject filters, from the
 // start of the stream to its current end. Filtering happens on the server.
 func readRecords(ctx context.Context, cmd, natsURL, creds string, filters []string) ([]decisionlog.Record, error) {
-	opts := []nats.Option{nats.Name("custody " + cmd)}
-	if creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
-	}
-	nc, err := nats.Connect(natsURL, opts...)
+	nc, err := dialNATS(natsURL, creds, "custody "+cmd)
 	if err != nil {
-		return nil, fmt.Errorf("%s: connect to NATS at %s: %w", cmd, redactURL(natsURL), err)
+		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
