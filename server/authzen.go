@@ -82,9 +82,10 @@ func (o *outcome) body(include bool) decisionBody {
 	return decisionBody{Decision: o.rec.Allow, Context: ctx}
 }
 
-// readAuthZEN checks the content type, reads the body and authenticates the caller, exactly as
-// /v1/authorize does: a refused caller is recorded as a denied attempt and answered 401.
-func (s *Server) readAuthZEN(c echo.Context) ([]byte, *apiError) {
+// readAuthenticated checks the content type, reads the body and authenticates the caller, for the
+// AuthZEN endpoints and execution reports, exactly as /v1/authorize does: a refused caller is
+// recorded as a denied attempt and answered 401.
+func (s *Server) readAuthenticated(c echo.Context) ([]byte, *apiError) {
 	if err := checkContentType(c.Request()); err != nil {
 		return nil, err
 	}
@@ -115,7 +116,7 @@ func callerOf(c echo.Context) *caller {
 
 // evaluation serves POST /access/v1/evaluation.
 func (s *Server) evaluation(c echo.Context) error {
-	body, aerr := s.readAuthZEN(c)
+	body, aerr := s.readAuthenticated(c)
 	if aerr != nil {
 		return aerr
 	}
@@ -147,7 +148,7 @@ func (s *Server) answerOne(c echo.Context, endpoint string, it evalItem, l lifte
 
 // evaluations serves POST /access/v1/evaluations.
 func (s *Server) evaluations(c echo.Context) error {
-	body, aerr := s.readAuthZEN(c)
+	body, aerr := s.readAuthenticated(c)
 	if aerr != nil {
 		return aerr
 	}

@@ -66,7 +66,7 @@ func (s *Server) search(c echo.Context, kind pdp.SearchKind, endpoint string) er
 	if !ok {
 		return errorf(CodeNotFound, "search is not supported by this PDP: "+c.Request().Method+" "+c.Request().URL.Path)
 	}
-	body, aerr := s.readAuthZEN(c)
+	body, aerr := s.readAuthenticated(c)
 	if aerr != nil {
 		return aerr
 	}

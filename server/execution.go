@@ -92,18 +92,11 @@ func quoteField(s string) string {
 // decision was; an execution no allow explains is flagged with a violation, not refused, because
 // a report is evidence and must never be lost. The answer is 200 once the record is durable.
 func (s *Server) executions(c echo.Context) error {
-	req := c.Request()
-	if err := checkContentType(req); err != nil {
-		return err
-	}
-	body, aerr := readBody(req, s.maxBody)
+	body, aerr := s.readAuthenticated(c)
 	if aerr != nil {
 		return aerr
 	}
-	cl, authErr := s.authenticate(c)
-	if authErr != nil {
-		return authErr
-	}
+	cl := callerOf(c)
 	var er executionRequest
 	if err := decodeJSON(body, &er); err != nil {
 		return err
@@ -111,7 +104,7 @@ func (s *Server) executions(c echo.Context) error {
 	if err := er.validate(); err != nil {
 		return err
 	}
-	dec, err := s.findDecision(req.Context(), er.DecisionID, er.CorrelationID)
+	dec, err := s.findDecision(c.Request().Context(), er.DecisionID, er.CorrelationID)
 	if err != nil {
 		s.logger.Warn().Err(err).Str("decision_id", er.DecisionID).Msg("decision lookup failed; execution recorded as unknown_decision")
 	}

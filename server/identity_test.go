@@ -217,3 +217,18 @@ func TestAuthZENEndpointsAuthenticate(t *testing.T) {
 		}
 	})
 }
+
+// TestExecutionReportsAuthenticate: a refused caller of /v1/executions is recorded as a denied
+// attempt, as on every other endpoint, and never as an execution.
+func TestExecutionReportsAuthenticate(t *testing.T) {
+	f := newAuthServer(t, true)
+	report := `{"decision_id":"d-1","status":"succeeded","target":{"system":"mail"}}`
+	r := do(t, f.srv.Handler(), http.MethodPost, "/v1/executions", "application/json", report)
+	if r.Status != 401 || r.Header.Get("WWW-Authenticate") == "" {
+		t.Fatalf("no credentials: status %d %s, want 401", r.Status, r.Raw)
+	}
+	recs := f.mem.Records()
+	if len(recs) != 1 || recs[0].Reasons[0] != server.ReasonAuthenticationFailed || recs[0].Endpoint != "/v1/executions" {
+		t.Fatalf("records %+v, want one authentication_failed attempt on /v1/executions", recs)
+	}
+}
