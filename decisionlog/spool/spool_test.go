@@ -60,6 +60,20 @@ func appendN(t *testing.T, s *spool.Spool, prefix string, n, workers int) {
 	wg.Wait()
 }
 
+// forward runs the forwarder until the test ends. Its cleanup stops the
+// forwarder and waits for it: the forwarder saves its cursor on the way out,
+// and a write racing the temp dir's removal fails the test.
+func forward(t *testing.T, s *spool.Spool, st stream) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.Forward(ctx, st.sink, nil, 0, time.Second)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 type stream struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
@@ -174,9 +188,7 @@ func TestSurvivesRestartAndTornTail(t *testing.T) {
 	appendN(t, s2, "after", 10, 2)
 	ns := natstest.Start(t)
 	st := newStream(t, ns.ClientURL())
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	go func() { _ = s2.Forward(ctx, st.sink, nil, 0, time.Second) }()
+	forward(t, s2, st)
 	got := seqs(t, st.stream, 60)
 	if got[59] != 60 {
 		t.Fatalf("last seq %d, want 60", got[59])
@@ -200,9 +212,7 @@ func TestRidesOutNATSOutage(t *testing.T) {
 	listen := ns.Addr().String()
 	st := newStream(t, ns.ClientURL())
 	s := open(t, t.TempDir(), spool.Config{})
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	go func() { _ = s.Forward(ctx, st.sink, nil, 0, time.Second) }()
+	forward(t, s, st)
 	appendN(t, s, "up", 20, 4)
 	natstest.Shutdown(ns)
 	appendN(t, s, "down", 40, 4) // answered from the spool while NATS is away
