@@ -166,7 +166,7 @@ func (p *prepared) decide(ctx context.Context, in *Input) Decision {
 	if err := ctx.Err(); err != nil { // OPA checks cancellation only between steps
 		return policyError(fmt.Errorf("pdp: evaluate %s: %w", p.info.Query, err))
 	}
-	value, err := ast.InterfaceToValue(in.Value())
+	value, err := in.AST()
 	if err != nil {
 		return policyError(fmt.Errorf("pdp: convert input: %w", err))
 	}

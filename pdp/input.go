@@ -1,5 +1,7 @@
 package pdp
 
+import "github.com/open-policy-agent/opa/v1/ast"
+
 // Entity is an AuthZEN subject or resource: a typed identifier with free-form properties.
 type Entity struct {
 	Type       string         `json:"type"`
@@ -94,4 +96,93 @@ func orEmptyList(l []any) []any {
 		return []any{}
 	}
 	return l
+}
+
+// AST returns the input as the value OPA evaluates. It builds the fixed envelope directly and
+// converts only the free-form parts (properties, context, chain): it is the same value as
+// ast.InterfaceToValue(in.Value()), without the intermediate maps and their reflective walk,
+// which was about a tenth of a decision's time with the default policy set.
+func (in *Input) AST() (ast.Value, error) {
+	props := func(m map[string]any) (*ast.Term, error) {
+		if len(m) == 0 {
+			return ast.ObjectTerm(), nil
+		}
+		v, err := ast.InterfaceToValue(m)
+		if err != nil {
+			return nil, err
+		}
+		return ast.NewTerm(v), nil
+	}
+	entity := func(e Entity) (*ast.Term, error) {
+		p, err := props(e.Properties)
+		if err != nil {
+			return nil, err
+		}
+		return ast.ObjectTerm(
+			ast.Item(ast.InternedTerm("type"), ast.StringTerm(e.Type)),
+			ast.Item(ast.InternedTerm("id"), ast.StringTerm(e.ID)),
+			ast.Item(ast.InternedTerm("properties"), p),
+		), nil
+	}
+	subject, err := entity(in.Subject)
+	if err != nil {
+		return nil, err
+	}
+	resource, err := entity(in.Resource)
+	if err != nil {
+		return nil, err
+	}
+	actionProps, err := props(in.Action.Properties)
+	if err != nil {
+		return nil, err
+	}
+	context, err := props(in.Context)
+	if err != nil {
+		return nil, err
+	}
+	chain := ast.ArrayTerm()
+	if len(in.Delegation.Chain) > 0 {
+		v, err := ast.InterfaceToValue(in.Delegation.Chain)
+		if err != nil {
+			return nil, err
+		}
+		chain = ast.NewTerm(v)
+	}
+	obj := ast.NewObject(
+		ast.Item(ast.InternedTerm("subject"), subject),
+		ast.Item(ast.InternedTerm("action"), ast.ObjectTerm(
+			ast.Item(ast.InternedTerm("name"), ast.StringTerm(in.Action.Name)),
+			ast.Item(ast.InternedTerm("properties"), actionProps),
+		)),
+		ast.Item(ast.InternedTerm("resource"), resource),
+		ast.Item(ast.InternedTerm("context"), context),
+		ast.Item(ast.InternedTerm("delegation"), ast.ObjectTerm(
+			ast.Item(ast.InternedTerm("verified"), ast.InternedTerm(in.Delegation.Verified)),
+			ast.Item(ast.InternedTerm("chain"), chain),
+		)),
+	)
+	if in.Agent != nil {
+		p, err := props(in.Agent.Properties)
+		if err != nil {
+			return nil, err
+		}
+		obj.Insert(ast.InternedTerm("agent"), ast.ObjectTerm(
+			ast.Item(ast.InternedTerm("id"), ast.StringTerm(in.Agent.ID)),
+			ast.Item(ast.InternedTerm("type"), ast.StringTerm(in.Agent.Type)),
+			ast.Item(ast.InternedTerm("properties"), p),
+		))
+	}
+	if in.Task != nil {
+		obj.Insert(ast.InternedTerm("task"), ast.ObjectTerm(
+			ast.Item(ast.InternedTerm("id"), ast.StringTerm(in.Task.ID)),
+			ast.Item(ast.InternedTerm("parent_id"), ast.StringTerm(in.Task.ParentID)),
+			ast.Item(ast.InternedTerm("attempt"), ast.IntNumberTerm(int(in.Task.Attempt))),
+			ast.Item(ast.InternedTerm("session_id"), ast.StringTerm(in.Task.SessionID)),
+			ast.Item(ast.InternedTerm("intent_sha256"), ast.StringTerm(in.Task.IntentSHA256)),
+		))
+	}
+	if in.CorrelationID != "" {
+		obj.Insert(ast.InternedTerm("correlation_id"), ast.StringTerm(in.CorrelationID))
+	}
+	return obj, nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 )
 
@@ -67,7 +66,7 @@ func (e *Engine) Candidates(ctx context.Context, kind SearchKind, in *Input) ([]
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("pdp: evaluate %s: %w", kind.Query(), err)
 	}
-	value, err := ast.InterfaceToValue(in.Value())
+	value, err := in.AST()
 	if err != nil {
 		return nil, fmt.Errorf("pdp: convert input: %w", err)
 	}

@@ -4,6 +4,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,7 +16,6 @@ import (
 
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
-	"github.com/lestrrat-go/jwx/v3/jwt"
 
 	"github.com/custodyhq/custody/decisionlog"
 )
@@ -42,6 +43,9 @@ const (
 // Issuer signs receipts with one private key.
 type Issuer struct {
 	key    jwk.Key
+	signer *ecdsa.PrivateKey
+	// header is the receipt's protected header, encoded once: it never changes for a key.
+	header string
 	public jwk.Set
 	issuer string
 	ttl    time.Duration
@@ -72,7 +76,56 @@ func NewIssuer(key jwk.Key, iss string, ttl time.Duration) (*Issuer, error) {
 	if err := set.AddKey(pub); err != nil {
 		return nil, fmt.Errorf("receipt: key set: %w", err)
 	}
-	return &Issuer{key: key, public: set, issuer: iss, ttl: ttl}, nil
+	var signer ecdsa.PrivateKey
+	if err := jwk.Export(key, &signer); err != nil {
+		return nil, fmt.Errorf("receipt: key: %w", err)
+	}
+	if signer.Curve != elliptic.P256() {
+		return nil, errors.New("receipt: key: not an ECDSA P-256 key")
+	}
+	kid, _ := key.KeyID()
+	header, err := json.Marshal(struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+		Typ string `json:"typ"`
+	}{Algorithm.String(), kid, "JWT"})
+	if err != nil {
+		return nil, fmt.Errorf("receipt: header: %w", err)
+	}
+	return &Issuer{
+		key:    key,
+		signer: &signer,
+		header: base64.RawURLEncoding.EncodeToString(header),
+		public: set,
+		issuer: iss,
+		ttl:    ttl,
+	}, nil
+}
+
+// claims is a receipt's payload. A struct rather than a generic JWT builder: a receipt is signed
+// for every allow, and building it through the JOSE library's token model cost as much as the
+// signature itself.
+type claims struct {
+	Iss           string      `json:"iss"`
+	Sub           string      `json:"sub,omitempty"`
+	Iat           int64       `json:"iat"`
+	Exp           int64       `json:"exp"`
+	Jti           string      `json:"jti"`
+	DecisionID    string      `json:"decision_id"`
+	CorrelationID string      `json:"correlation_id"`
+	Action        string      `json:"action"`
+	Resource      resourceRef `json:"resource"`
+	Act           *actorClaim `json:"act,omitempty"`
+	TaskID        string      `json:"task_id,omitempty"`
+}
+
+type resourceRef struct {
+	Type string `json:"type"`
+	ID   string `json:"id"`
+}
+
+type actorClaim struct {
+	Sub string `json:"sub"`
 }
 
 // TTL is how long receipts are valid.
@@ -88,31 +141,46 @@ func (i *Issuer) Sign(r *decisionlog.Record) (string, time.Time, error) {
 	}
 	iat := r.Timestamp.Truncate(time.Second)
 	exp := iat.Add(i.ttl)
-	b := jwt.NewBuilder().
-		Issuer(i.issuer).
-		Subject(r.Subject.ID).
-		IssuedAt(iat).
-		Expiration(exp).
-		JwtID(r.DecisionID).
-		Claim(ClaimDecisionID, r.DecisionID).
-		Claim(ClaimCorrelationID, r.CorrelationID).
-		Claim(ClaimAction, r.Action.Name).
-		Claim(ClaimResource, map[string]string{"type": r.Resource.Type, "id": r.Resource.ID})
+	c := claims{
+		Iss:           i.issuer,
+		Sub:           r.Subject.ID,
+		Iat:           iat.Unix(),
+		Exp:           exp.Unix(),
+		Jti:           r.DecisionID,
+		DecisionID:    r.DecisionID,
+		CorrelationID: r.CorrelationID,
+		Action:        r.Action.Name,
+		Resource:      resourceRef{Type: r.Resource.Type, ID: r.Resource.ID},
+	}
 	if r.Agent != nil {
-		b = b.Claim(ClaimAct, map[string]string{"sub": r.Agent.ID})
+		c.Act = &actorClaim{Sub: r.Agent.ID}
 	}
-	if r.Task != nil && r.Task.ID != "" {
-		b = b.Claim(ClaimTaskID, r.Task.ID)
+	if r.Task != nil {
+		c.TaskID = r.Task.ID
 	}
-	tok, err := b.Build()
+	payload, err := json.Marshal(c)
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("receipt: build: %w", err)
+		return "", time.Time{}, fmt.Errorf("receipt: encode claims: %w", err)
 	}
-	signed, err := jwt.Sign(tok, jwt.WithKey(Algorithm, i.key))
+	// Compact JWS (RFC 7515): header.payload.signature, ES256 as RFC 7518 section 3.4 defines
+	// it: the signature is R and S, each 32 bytes big-endian, not ASN.1.
+	enc := base64.RawURLEncoding
+	n := len(i.header) + 1 + enc.EncodedLen(len(payload))
+	tok := make([]byte, n, n+1+enc.EncodedLen(64))
+	copy(tok, i.header)
+	tok[len(i.header)] = '.'
+	enc.Encode(tok[len(i.header)+1:], payload)
+	digest := sha256.Sum256(tok)
+	rs, ss, err := ecdsa.Sign(rand.Reader, i.signer, digest[:])
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("receipt: sign: %w", err)
 	}
-	return string(signed), exp, nil
+	var sig [64]byte
+	rs.FillBytes(sig[:32])
+	ss.FillBytes(sig[32:])
+	tok = append(tok, '.')
+	tok = enc.AppendEncode(tok, sig[:])
+	return string(tok), exp, nil
 }
 
 // LoadOrCreateKey reads the private JWK at path, or generates an ECDSA P-256 key and writes it
