@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Reproducible load comparison: custody (every decision acked by JetStream before its answer)
+# against OPA's own server (no decision logging) on the same policies and the same inputs, on
+# this machine, in one run. See test/load/README.md.
+#
+#   bash test/load/run.sh                                # from the repository root
+#   DURATION=5s WARMUP=2s ROUNDS=1 bash test/load/run.sh # a quick check
+set -euo pipefail
+
+DURATION=${DURATION:-20s}            # measured time of each load run
+WARMUP=${WARMUP:-5s}                 # warm-up before each load run, not counted
+CONNS=${CONNS:-"4 64"}               # connection counts to compare at
+ROUNDS=${ROUNDS:-2}                  # rounds of A B (OPA, custody) per connection count
+BODIES=${BODIES:-400}                # distinct requests, used in turn
+RSS_RUN=${RSS_RUN:-1}                # 1: a further custody run watching its RSS over time
+RSS_DURATION=${RSS_DURATION:-60s}
+RSS_CONNS=${RSS_CONNS:-64}
+BATCH_ROUNDS=${BATCH_ROUNDS:-20}     # rounds of 100 single AuthZEN evaluations vs one batch of 100
+OPA_VERSION=${OPA_VERSION:-v1.22.3}
+CUSTODY_ADDR=${CUSTODY_ADDR:-127.0.0.1:28181}
+OPA_ADDR=${OPA_ADDR:-127.0.0.1:28281}
+NATS_ADDR=${NATS_ADDR:-127.0.0.1:24222}
+OUT=${OUT:-test/load/last-run.txt}   # raw JSON lines of this run
+KEEP_TMP=${KEEP_TMP:-0}              # 1: keep the work dir (binaries, bodies, logs, data)
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/custody-load.XXXXXX")
+CUSTODY_PID= OPA_PID=
+SAMPLERS=()
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+stop() { # pid: SIGTERM, then SIGKILL after 20 s
+	local pid=$1
+	[[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+	kill -KILL "$pid" 2>/dev/null || true
+}
+cleanup() {
+	local s
+	for s in "${SAMPLERS[@]}"; do kill "$s" 2>/dev/null || true; done
+	stop "$CUSTODY_PID"
+	stop "$OPA_PID"
+	if [[ $KEEP_TMP == 1 ]]; then log "work dir kept: $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# port_free addr: nothing may answer there yet, or we would measure someone else's server.
+port_free() {
+	if (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; then
+		die "$1 is already in use by another process; stop it or set CUSTODY_ADDR/OPA_ADDR/NATS_ADDR"
+	fi
+}
+
+# wait_ready name pid url logfile
+wait_ready() {
+	for _ in $(seq 1 240); do
+		kill -0 "$2" 2>/dev/null || { tail -n 20 "$4" >&2; die "$1 exited before it was ready"; }
+		curl -fsS -o /dev/null --max-time 2 "$3" 2>/dev/null && return 0
+		sleep 0.5
+	done
+	tail -n 20 "$4" >&2
+	die "$1 not ready at $3 within 120 s"
+}
+
+# sample_rss pid file: VmRSS in kB, with the epoch second, every second while pid lives.
+sample_rss() {
+	( while kill -0 "$1" 2>/dev/null; do
+		awk -v t="$(date +%s)" '/^VmRSS:/ { print t, $2 }' "/proc/$1/status" >>"$2" 2>/dev/null || true
+		sleep 1
+	done ) &
+	SAMPLERS+=($!)
+}
+
+# rss_summary label file: first, last and peak RSS in MB, and a JSON line in OUT.
+rss_summary() {
+	awk -v label="$1" -v out="$OUT" '
+		NR == 1 { first = $2 } { last = $2; if ($2 > max) max = $2; n++ }
+		END {
+			if (n == 0) { print "RSS " label ": no samples"; exit }
+			printf "RSS %-30s first %6.1f MB   last %6.1f MB   peak %6.1f MB   (%d samples, 1/s)\n", label, first/1024, last/1024, max/1024, n
+			printf "{\"name\":\"rss\",\"label\":\"%s\",\"first_mb\":%.1f,\"last_mb\":%.1f,\"max_mb\":%.1f,\"samples\":%d}\n", label, first/1024, last/1024, max/1024, n >> out
+		}' "$2"
+}
+
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; } # field name json-line
+
+: >"$OUT"
+FAILED=0
+ANSWERED=0 # custody decisions answered 2xx, by every client of this run
+
+log "building custody, loadgen, genbodies and OPA $OPA_VERSION into $TMP"
+go build -o "$TMP/custody" ./cmd/custody
+go build -o "$TMP/loadgen" ./test/load/loadgen
+go build -o "$TMP/genbodies" ./test/load/genbodies
+GOBIN=$TMP go install "github.com/open-policy-agent/opa@$OPA_VERSION"
+
+"$TMP/genbodies" -out "$TMP/bodies" -n "$BODIES" -intent-key "$TMP/intent.key"
+printf '{"name":"meta","date":"%s","commit":"%s","go":"%s","cpus":%s,"duration":"%s","warmup":"%s","conns":"%s","rounds":%s,"bodies":%s}\n' \
+	"$(date -u +%FT%TZ)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$(go env GOVERSION)" \
+	"$(nproc)" "$DURATION" "$WARMUP" "$CONNS" "$ROUNDS" "$BODIES" >>"$OUT"
+
+port_free "$OPA_ADDR"
+port_free "$CUSTODY_ADDR"
+port_free "$NATS_ADDR"
+
+log "starting OPA's server on $OPA_ADDR (policies/, no decision log)"
+"$TMP/opa" run --server --addr "$OPA_ADDR" --log-level error --skip-version-check policies/ >"$TMP/opa.log" 2>&1 &
+OPA_PID=$!
+log "starting custody on $CUSTODY_ADDR (embedded NATS on $NATS_ADDR, default durability: JetStream ack)"
+"$TMP/custody" serve --addr "$CUSTODY_ADDR" --nats-listen "$NATS_ADDR" --data-dir "$TMP/data" \
+	--intent-key-file "$TMP/intent.key" --log-level error >"$TMP/custody.log" 2>&1 &
+CUSTODY_PID=$!
+wait_ready OPA "$OPA_PID" "http://$OPA_ADDR/health" "$TMP/opa.log"
+wait_ready custody "$CUSTODY_PID" "http://$CUSTODY_ADDR/readyz" "$TMP/custody.log"
+sample_rss "$OPA_PID" "$TMP/rss-opa"
+sample_rss "$CUSTODY_PID" "$TMP/rss-custody"
+
+log "checking that custody and OPA decide all $BODIES requests alike"
+line=$("$TMP/genbodies" check -dir "$TMP/bodies" -custody "http://$CUSTODY_ADDR" -opa "http://$OPA_ADDR" -json) ||
+	die "custody and OPA disagree, or a server failed: the comparison would be meaningless"
+echo "$line" >>"$OUT"
+ANSWERED=$((ANSWERED + $(field custody_decisions "$line")))
+
+# load name url bodies conns duration
+load() {
+	local line
+	line=$("$TMP/loadgen" -name "$1" -url "$2" -bodies "$3" -c "$4" -d "$5" -warmup "$WARMUP" -json) || {
+		FAILED=1
+		log "FAILED REQUESTS in $1 c=$4 (see above)"
+	}
+	[[ -n $line ]] || die "loadgen $1 gave no result"
+	echo "$line" >>"$OUT"
+	if [[ $1 == custody* ]]; then ANSWERED=$((ANSWERED + $(field total_2xx "$line"))); fi
+}
+
+for c in $CONNS; do
+	for r in $(seq 1 "$ROUNDS"); do
+		log "conns $c, round $r of $ROUNDS: OPA, then custody ($WARMUP warm-up + $DURATION each)"
+		load opa "http://$OPA_ADDR/v1/data/custody/authz/decision" "$TMP/bodies/opa.jsonl" "$c" "$DURATION"
+		load custody "http://$CUSTODY_ADDR/v1/authorize" "$TMP/bodies/custody.jsonl" "$c" "$DURATION"
+	done
+done
+kill "${SAMPLERS[@]}" 2>/dev/null || true
+SAMPLERS=()
+
+if [[ $RSS_RUN == 1 ]]; then
+	log "custody alone for $RSS_DURATION at $RSS_CONNS conns, RSS sampled every second"
+	sample_rss "$CUSTODY_PID" "$TMP/rss-custody-long"
+	load custody-rss "http://$CUSTODY_ADDR/v1/authorize" "$TMP/bodies/custody.jsonl" "$RSS_CONNS" "$RSS_DURATION"
+	kill "${SAMPLERS[@]}" 2>/dev/null || true
+	SAMPLERS=()
+fi
+
+log "AuthZEN: $BATCH_ROUNDS rounds of 100 single evaluations vs one batch of the same 100"
+line=$("$TMP/loadgen" batch -url "http://$CUSTODY_ADDR" -items "$TMP/bodies/authzen.jsonl" -n 100 -rounds "$BATCH_ROUNDS" -json) || {
+	FAILED=1
+	log "FAILED: AuthZEN batch measurement"
+}
+if [[ -n $line ]]; then
+	echo "$line" >>"$OUT"
+	ANSWERED=$((ANSWERED + $(field decisions "$line")))
+fi
+
+# The stream must hold one record for every decision custody answered.
+metrics=$(curl -fsS "http://$CUSTODY_ADDR/metrics" | awk '/^custody_decisions_total/ { s += $2 } END { printf "%d", s }')
+verify_out=$("$TMP/custody" verify --nats-url "nats://$NATS_ADDR" \
+	--pubkey "$("$TMP/custody" keys --data-dir "$TMP/data")" 2>&1) || true
+records=$(sed -n 's/^read [0-9]* messages: \([0-9]*\) decision records.*/\1/p' <<<"$verify_out")
+
+echo
+echo "== results ($(nproc) CPUs; $DURATION measured after $WARMUP warm-up; rounds: $ROUNDS; raw lines in $OUT)"
+"$TMP/loadgen" report -base opa -vs custody "$OUT"
+echo
+rss_summary "OPA (comparison runs)" "$TMP/rss-opa"
+rss_summary "custody (comparison runs)" "$TMP/rss-custody"
+if [[ -s $TMP/rss-custody-long ]]; then
+	rss_summary "custody ($RSS_DURATION at $RSS_CONNS conns)" "$TMP/rss-custody-long"
+	awk 'NR == 1 || NR % 10 == 0 { printf " %.0f", $2 / 1024 } END { printf "\n" }' "$TMP/rss-custody-long" |
+		sed 's/^/    custody RSS every 10 s, MB:/'
+fi
+if [[ -n $line ]]; then
+	echo
+	echo "AuthZEN batch of 100: singles $(field single_ms_median "$line") ms, batch $(field batch_ms_median "$line") ms (medians of $BATCH_ROUNDS rounds): ratio single/batch $(printf '%.1f' "$(field ratio "$line")") (target >= 5)"
+fi
+echo
+echo "decision records: custody answered $ANSWERED decisions; custody_decisions_total says $metrics; the stream holds ${records:-?}"
+sed 's/^/    verify: /' <<<"$verify_out" | grep -v '^    verify: *$' | head -n 8
+printf '{"name":"records","answered":%d,"metrics":%d,"stream":%d}\n' "$ANSWERED" "$metrics" "${records:-0}" >>"$OUT"
+if [[ -z $records || $records != "$ANSWERED" ]]; then
+	echo "FAIL: the stream's decision records (${records:-unknown}) differ from the decisions answered ($ANSWERED)"
+	FAILED=1
+fi
+if [[ $FAILED != 0 ]]; then
+	echo "FAIL: see the messages above"
+	exit 1
+fi
+echo "OK"
