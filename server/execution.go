@@ -16,7 +16,10 @@ import (
 const EndpointExecutions = "/v1/executions"
 
 // DefaultDecisionCacheSize bounds the decisions an instance remembers for execution reports.
-const DefaultDecisionCacheSize = 100_000
+// A record kept in memory is a few KiB; 100,000 of them held half a GiB under load. 2048
+// cover the last second of a busy instance, when most reports arrive; older decisions are
+// read from the stream (by correlation ID).
+const DefaultDecisionCacheSize = 2048
 
 // DefaultExecutionWindow is how long after its decision an execution is still explained by it
 // when no receipt signer sets a shorter validity.

@@ -51,6 +51,19 @@ type recorderDeps struct {
 	embedded bool
 }
 
+// embeddedAckWindow is how many records may await their ack at once on the embedded server.
+const embeddedAckWindow = 256
+
+// ackWindow is the ack-mode window: pipelined on the embedded server, whose stream has no other
+// writer, and one record at a time on a server a fleet may share, where Nats-Expected-Last-Msg-Id
+// would refuse records whenever another instance's landed in between.
+func ackWindow(embedded bool) int {
+	if embedded {
+		return embeddedAckWindow
+	}
+	return 1
+}
+
 func newRecorder(d recorderDeps) (*recorder, error) {
 	mode := d.cfg.recordMode
 	if mode == recordAuto {
@@ -70,6 +83,7 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 				CheckpointEvery:    d.cfg.checkpointEvery,
 				CheckpointInterval: d.cfg.checkpointInterval,
 				Stream:             d.stream,
+				Window:             ackWindow(d.embedded),
 			}))
 		return &recorder{
 			mode:      mode,

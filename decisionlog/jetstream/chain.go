@@ -38,6 +38,14 @@ type ChainConfig struct {
 	Signer             note.Signer
 	CheckpointEvery    uint64
 	CheckpointInterval time.Duration
+	// Window is how many records may await JetStream's ack at once. 1 (the default) publishes
+	// one record at a time. Above 1, concurrent decisions share the connection and each waits
+	// only for its own ack; every record but the first in flight then carries
+	// Nats-Expected-Last-Msg-Id naming the message sent before it, so JetStream stores the
+	// window's records only as an unbroken prefix and a failed record can never leave a gap.
+	// That header needs the sink to be the stream's only writer: use a window only with a stream
+	// of its own (the embedded server), never with a stream a fleet shares.
+	Window int
 	// Stream is read to settle a publish whose ack was lost: was the record stored or not?
 	Stream interface {
 		GetLastMsgForSubject(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error)
@@ -45,8 +53,6 @@ type ChainConfig struct {
 }
 
 // WithChain makes the sink chain its records: each gets the next seq and the previous hash.
-// Publishing is then serialised, since a record can only be linked once the one before it is
-// durable: a failed publish must not leave a gap that reads as a deleted record.
 func WithChain(cfg ChainConfig) Option {
 	return func(s *Sink) {
 		if cfg.CheckpointEvery == 0 {
@@ -55,20 +61,42 @@ func WithChain(cfg ChainConfig) Option {
 		if cfg.CheckpointInterval == 0 {
 			cfg.CheckpointInterval = DefaultCheckpointInterval
 		}
-		s.chain = &chainState{cfg: cfg, head: cfg.Head, checkpointed: cfg.Head.Seq}
+		if cfg.Window < 1 {
+			cfg.Window = 1
+		}
+		s.chain = &chainState{cfg: cfg, head: cfg.Head, next: cfg.Head, checkpointed: cfg.Head.Seq}
+		s.slots = make(chan struct{}, cfg.Window)
 	}
 }
 
 type chainState struct {
-	cfg          ChainConfig
-	head         decisionlog.ChainHead
+	cfg  ChainConfig
+	head decisionlog.ChainHead // confirmed: JetStream acked this record and every one before it
+	next decisionlog.ChainHead // where the next record links: after the last record sent
+	// window holds the messages sent and not yet confirmed, in the order they were sent.
+	window []*inflight
+	// lastSent is the Nats-Msg-Id of the last message sent while the window was not empty: the
+	// next message must follow it in the stream.
+	lastSent string
+	// broken: a message in the window failed, so which of its successors were stored is not
+	// known. Nothing more is sent until repair settles it.
+	broken       bool
+	generation   uint64 // bumped by each repair; a late ack of an older window is ignored
 	checkpointed uint64 // seq of the last published checkpoint
-	// uncertain is a record whose publish failed: JetStream may have stored it anyway (a lost
-	// ack). Until that is settled no record may take its seq, or the chain would fork.
-	uncertain *decisionlog.Record
 }
 
-// Head returns the chain's current head.
+// inflight is a chained record sent to JetStream and not yet confirmed.
+type inflight struct {
+	rec        decisionlog.Record // as sealed: what a lost ack is checked against
+	after      decisionlog.ChainHead
+	generation uint64
+	done       chan struct{} // closed once err is set
+	err        error
+	stored     bool // set by a repair that found the record on the stream (guarded by chainMu)
+}
+
+// Head returns the chain's current head: its last record that JetStream acked with every one
+// before it.
 func (s *Sink) Head() decisionlog.ChainHead {
 	s.chainMu.Lock()
 	defer s.chainMu.Unlock()
@@ -88,70 +116,172 @@ func (s *Sink) CheckpointedSeq() uint64 {
 	return s.chain.checkpointed
 }
 
-// publishChained links, seals and publishes r, advancing the head only once JetStream acked it.
+// publishChained links, seals and sends r, then waits for its own ack. Linking and sending
+// happen under chainMu, so records reach the connection, and the stream, in chain order; the
+// wait does not hold it, so up to Window records share the round trip to JetStream.
 func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error {
+	s.slots <- struct{}{}
+	defer func() { <-s.slots }()
+
 	s.chainMu.Lock()
-	defer s.chainMu.Unlock()
 	c := s.chain
-	if c.uncertain != nil {
-		if err := s.settleLocked(ctx); err != nil {
+	if c.broken {
+		if err := s.repairLocked(ctx); err != nil {
+			s.chainMu.Unlock()
 			return err
 		}
 	}
 	r.PDP.Instance = c.cfg.Instance
-	c.head.Link(r)
+	c.next.Link(r)
 	body, err := decisionlog.Seal(r)
 	if err != nil {
+		s.chainMu.Unlock()
 		return fmt.Errorf("jetstream: %w: %w", decisionlog.ErrUnavailable, err)
 	}
-	if err := s.PublishSealed(ctx, r, body); err != nil {
-		// The head stays put, so the next record takes this seq and the chain has no gap, unless
-		// the record was stored after all: settleLocked finds out before the next publish.
-		sealed := *r
-		c.uncertain = &sealed
-		return err
+	msg := s.chainedMsg(r, body)
+	opts := []jetstream.PublishOpt{jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(decisionlog.StreamName)}
+	if len(c.window) > 0 {
+		opts = append(opts, jetstream.WithExpectLastMsgID(c.lastSent))
 	}
-	c.head = decisionlog.After(r)
-	if c.head.Seq-c.checkpointed >= c.cfg.CheckpointEvery {
-		s.checkpointLocked(ctx)
+	fut, err := s.js.PublishMsgAsync(msg, opts...)
+	if err != nil { // not sent: the next record takes this one's place in the chain
+		s.chainMu.Unlock()
+		s.logger.Error().Err(err).Str("decision_id", r.DecisionID).Msg("decision record not sent")
+		return fmt.Errorf("jetstream: publish record: %w: %w", decisionlog.ErrUnavailable, err)
 	}
+	e := &inflight{rec: *r, after: decisionlog.After(r), generation: c.generation, done: make(chan struct{})}
+	c.window = append(c.window, e)
+	c.next, c.lastSent = e.after, r.MsgID()
+	s.chainMu.Unlock()
+
+	timer := time.NewTimer(s.timeout)
+	select {
+	case <-fut.Ok():
+	case e.err = <-fut.Err():
+	case <-timer.C:
+		e.err = errors.New("no ack within the publish timeout")
+	}
+	timer.Stop()
+	close(e.done) // before taking chainMu: a repair holding it may be waiting for this
+
+	s.chainMu.Lock()
+	defer s.chainMu.Unlock()
+	if e.generation != c.generation {
+		// A repair already settled this record's window, and said whether it was stored. (Its
+		// seq may since belong to another record: a record that was not stored gives it up.)
+		if e.stored {
+			return nil
+		}
+		return fmt.Errorf("jetstream: publish record: %w: %w", decisionlog.ErrUnavailable, e.err)
+	}
+	if e.err != nil {
+		c.broken = true
+		s.logger.Error().Err(e.err).Str("decision_id", r.DecisionID).Str("correlation_id", r.CorrelationID).Msg("decision record not acked")
+		return fmt.Errorf("jetstream: publish record: %w: %w", decisionlog.ErrUnavailable, e.err)
+	}
+	s.advanceLocked(ctx)
 	return nil
 }
 
-// settleLocked decides whether the uncertain record reached the stream, by reading the last
-// message on its subject, and moves the head past it if it did.
-func (s *Sink) settleLocked(ctx context.Context) error {
+func (s *Sink) chainedMsg(r *decisionlog.Record, body []byte) *nats.Msg {
+	msg := s.decisionMsg(r, body)
+	msg.Header.Set(HeaderInstance, r.PDP.Instance)
+	msg.Header.Set(HeaderSeq, strconv.FormatUint(r.Seq, 10))
+	msg.Header.Set(HeaderHash, r.Hash)
+	return msg
+}
+
+// advanceLocked moves the confirmed head over the acked records at the front of the window,
+// and publishes a checkpoint when enough records have been confirmed since the last.
+func (s *Sink) advanceLocked(ctx context.Context) {
 	c := s.chain
-	u := c.uncertain
+	n := 0
+	for _, e := range c.window {
+		if !isDone(e) || e.err != nil {
+			break
+		}
+		c.head = e.after
+		n++
+	}
+	c.window = c.window[n:]
+	if len(c.window) == 0 {
+		c.window = nil // let the backing array go
+	}
+	if c.head.Seq-c.checkpointed >= c.cfg.CheckpointEvery {
+		s.checkpointLocked(ctx)
+	}
+}
+
+func isDone(e *inflight) bool {
+	select {
+	case <-e.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// repairLocked settles a window in which a message failed. Every message in it is first
+// settled (each waiter gives up at the publish timeout). Because each message but the first
+// named its predecessor in Nats-Expected-Last-Msg-Id, the stream holds an unbroken prefix of
+// the window: the acked records, then possibly some whose ack was lost. Those are looked up in
+// order until one is missing; the chain resumes after the last record stored, and the records
+// after it give up their seqs, so the chain never has a gap.
+func (s *Sink) repairLocked(ctx context.Context) error {
+	c := s.chain
+	for _, e := range c.window {
+		<-e.done
+	}
+	head := c.head
+	i := 0
+	for ; i < len(c.window) && c.window[i].err == nil; i++ {
+		head = c.window[i].after
+		c.window[i].stored = true
+	}
+	for ; i < len(c.window); i++ {
+		stored, err := s.storedLocked(ctx, &c.window[i].rec)
+		if err != nil {
+			c.head = head
+			c.window = c.window[i:]
+			return err
+		}
+		if !stored {
+			break
+		}
+		head = c.window[i].after
+		c.window[i].stored = true
+		s.logger.Warn().Str("decision_id", c.window[i].rec.DecisionID).Uint64("seq", c.window[i].rec.Seq).Msg("record answered as unavailable was stored after all")
+	}
+	c.head, c.next = head, head
+	c.window, c.lastSent, c.broken = nil, "", false
+	c.generation++
+	return nil
+}
+
+// storedLocked reports whether the record u, whose publish failed, reached the stream, by
+// reading the last message on its subject.
+func (s *Sink) storedLocked(ctx context.Context, u *decisionlog.Record) (bool, error) {
+	c := s.chain
 	if c.cfg.Stream == nil {
-		c.uncertain = nil
-		return nil
+		return false, nil
 	}
 	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
 	m, err := c.cfg.Stream.GetLastMsgForSubject(gctx, decisionlog.RecordSubject(u))
 	switch {
 	case err == nil:
-		if m.Header.Get(decisionlog.HeaderMsgID) == u.MsgID() && m.Header.Get(HeaderSeq) == strconv.FormatUint(u.Seq, 10) {
-			c.head = decisionlog.After(u)
-			s.logger.Warn().Str("decision_id", u.DecisionID).Uint64("seq", u.Seq).Msg("record answered as unavailable was stored after all")
-		}
+		return m.Header.Get(decisionlog.HeaderMsgID) == u.MsgID() && m.Header.Get(HeaderSeq) == strconv.FormatUint(u.Seq, 10), nil
 	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return false, nil
 	default:
-		return fmt.Errorf("jetstream: settle record %s: %w: %w", u.DecisionID, decisionlog.ErrUnavailable, err)
+		return false, fmt.Errorf("jetstream: settle record %s: %w: %w", u.DecisionID, decisionlog.ErrUnavailable, err)
 	}
-	c.uncertain = nil
-	return nil
 }
 
 // PublishSealed publishes a record that is already chained and sealed (body from
 // decisionlog.Seal), with the chain headers, and waits for the ack. The spool's forwarder uses it.
 func (s *Sink) PublishSealed(ctx context.Context, r *decisionlog.Record, body []byte) error {
-	msg := s.decisionMsg(r, body)
-	msg.Header.Set(HeaderInstance, r.PDP.Instance)
-	msg.Header.Set(HeaderSeq, strconv.FormatUint(r.Seq, 10))
-	msg.Header.Set(HeaderHash, r.Hash)
-	return s.send(ctx, r, msg)
+	return s.send(ctx, r, s.chainedMsg(r, body))
 }
 
 // runCheckpoints publishes a checkpoint every interval while the chain moves, until ctx ends.
@@ -184,11 +314,23 @@ func (s *Sink) Checkpoint(ctx context.Context) error {
 
 func (s *Sink) checkpointLocked(ctx context.Context) error {
 	c := s.chain
-	if c.cfg.Signer == nil {
+	if c.cfg.Signer == nil || c.broken {
 		return nil
 	}
-	if err := s.PublishCheckpoint(ctx, c.cfg.Instance, c.head, c.cfg.Signer); err != nil {
+	var opts []jetstream.PublishOpt
+	if len(c.window) > 0 {
+		// Records after this checkpoint will name it as their predecessor; it names its own.
+		opts = append(opts, jetstream.WithExpectLastMsgID(c.lastSent))
+	}
+	id, err := s.publishCheckpoint(ctx, c.cfg.Instance, c.head, c.cfg.Signer, opts...)
+	if err != nil {
+		if len(c.window) > 0 {
+			c.broken = true // records sent after it may have been refused
+		}
 		return err
+	}
+	if len(c.window) > 0 {
+		c.lastSent = id
 	}
 	c.checkpointed = c.head.Seq
 	return nil
@@ -196,13 +338,19 @@ func (s *Sink) checkpointLocked(ctx context.Context) error {
 
 // PublishCheckpoint signs head and publishes it on custody.checkpoint.<instance>.
 func (s *Sink) PublishCheckpoint(ctx context.Context, instance string, head decisionlog.ChainHead, signer note.Signer) error {
+	_, err := s.publishCheckpoint(ctx, instance, head, signer)
+	return err
+}
+
+// publishCheckpoint publishes a checkpoint and returns its Nats-Msg-Id.
+func (s *Sink) publishCheckpoint(ctx context.Context, instance string, head decisionlog.ChainHead, signer note.Signer, opts ...jetstream.PublishOpt) (string, error) {
 	cp, err := decisionlog.NewCheckpoint(instance, head, s.now(), signer)
 	if err != nil {
-		return err
+		return "", err
 	}
 	body, err := json.Marshal(cp)
 	if err != nil {
-		return err
+		return "", err
 	}
 	msg := nats.NewMsg(decisionlog.CheckpointSubject(instance))
 	msg.Data = body
@@ -211,12 +359,13 @@ func (s *Sink) PublishCheckpoint(ctx context.Context, instance string, head deci
 	msg.Header.Set(HeaderHash, cp.Hash)
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
-	if _, err := s.js.PublishMsg(pctx, msg, jetstream.WithMsgID("checkpoint-"+instance+"-"+strconv.FormatUint(cp.Seq, 10))); err != nil {
+	id := "checkpoint-" + instance + "-" + strconv.FormatUint(cp.Seq, 10)
+	if _, err := s.js.PublishMsg(pctx, msg, append([]jetstream.PublishOpt{jetstream.WithMsgID(id)}, opts...)...); err != nil {
 		s.logger.Warn().Err(err).Uint64("seq", cp.Seq).Msg("checkpoint not published; will retry")
-		return fmt.Errorf("jetstream: publish checkpoint: %w", err)
+		return "", fmt.Errorf("jetstream: publish checkpoint: %w", err)
 	}
 	s.logger.Debug().Uint64("seq", cp.Seq).Msg("checkpoint published")
-	return nil
+	return id, nil
 }
 
 // streamReader is what RecoverHead needs of the stream.

@@ -22,6 +22,7 @@ const DefaultPublishTimeout = 2 * time.Second
 // publisher is the JetStream call the sink needs.
 type publisher interface {
 	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
+	PublishMsgAsync(msg *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error)
 }
 
 // Sink publishes records to the CUSTODY stream and returns once JetStream has acked them.
@@ -34,8 +35,9 @@ type Sink struct {
 	closed   bool
 	inflight sync.WaitGroup
 
-	chainMu sync.Mutex // serialises chained publishes
+	chainMu sync.Mutex // orders chained publishes: link, seal and send happen under it
 	chain   *chainState
+	slots   chan struct{} // bounds the chained records awaiting their ack (ChainConfig.Window)
 	now     func() time.Time
 	stop    context.CancelFunc
 }
