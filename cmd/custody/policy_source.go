@@ -122,7 +122,7 @@ type policySource struct {
 	wg     sync.WaitGroup
 }
 
-func newPolicySource(cfg policySourceConfig, path string, engine *pdp.Engine, logger zerolog.Logger) (*policySource, error) {
+func newPolicySource(cfg policySourceConfig, path string, engine *pdp.Engine, governor *memoryGovernor, logger zerolog.Logger) (*policySource, error) {
 	opts, err := cfg.verify.loadOptions(false)
 	if err != nil {
 		return nil, err
@@ -131,7 +131,7 @@ func newPolicySource(cfg policySourceConfig, path string, engine *pdp.Engine, lo
 		cfg:      cfg,
 		path:     path,
 		engine:   engine,
-		reloader: bundles.NewReloader(engine, bundles.WithLogger(logger)),
+		reloader: bundles.NewReloader(governedLoader{engine: engine, governor: governor}, bundles.WithLogger(logger)),
 		logger:   logger,
 		loadOpts: opts,
 	}, nil

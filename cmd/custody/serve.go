@@ -69,6 +69,9 @@ type serveConfig struct {
 	publicURL          string
 	auth               authConfig
 	receipt            receiptConfig
+	// governMemory lets serve set the collector's defaults (see memory.go): the process is
+	// custody's own, not a host it is embedded in.
+	governMemory bool
 }
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
@@ -160,6 +163,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
+	cfg.governMemory = true
 	return serve(ctx, cfg, logger)
 }
 
@@ -196,7 +200,11 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	policy, err := newPolicySource(cfg.policySource, cfg.policies, engine, logger)
+	var governor *memoryGovernor
+	if cfg.governMemory {
+		governor = newMemoryGovernor(log)
+	}
+	policy, err := newPolicySource(cfg.policySource, cfg.policies, engine, governor, logger)
 	if err != nil {
 		return err
 	}
