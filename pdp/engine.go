@@ -41,6 +41,12 @@ type PolicyInfo struct {
 	Revision string
 	Source   string
 	LoadedAt time.Time
+	// Memo says whether repeated decisions are remembered (see WithMemo): "on", "off" when the
+	// engine has no memo, or "off: " and why this policy set cannot have one.
+	Memo string
+	// InputPaths are the places in the input the policy set reads, when the memo is on:
+	// "subject.id", or "type of input" for a path only type-tested.
+	InputPaths []string
 }
 
 // Decision is the outcome of one evaluation. A zero Decision is a deny.
@@ -59,10 +65,13 @@ type Decision struct {
 // Load prepares a new policy set beside the current one and swaps it in atomically, so requests in
 // flight finish on the engine they started with.
 type Engine struct {
-	query  string
-	logger zerolog.Logger
-	now    func() time.Time
-	cur    atomic.Pointer[prepared]
+	query    string
+	memoSize int
+	// memoHits and memoMisses count decisions answered from the memo and evaluated with it on.
+	memoHits, memoMisses atomic.Uint64
+	logger               zerolog.Logger
+	now                  func() time.Time
+	cur                  atomic.Pointer[prepared]
 }
 
 type prepared struct {
@@ -70,6 +79,9 @@ type prepared struct {
 	info PolicyInfo
 	// search holds one prepared query per SearchKind, on the same policy set as pq.
 	search map[SearchKind]rego.PreparedEvalQuery
+	// proj and memo remember decisions by the part of the input the policy reads; nil when off.
+	proj projection
+	memo *memo
 }
 
 // Option configures an Engine.
@@ -80,6 +92,12 @@ func WithQuery(q string) Option { return func(e *Engine) { e.query = q } }
 
 // WithLogger sets the engine's logger. The default discards.
 func WithLogger(l zerolog.Logger) Option { return func(e *Engine) { e.logger = l } }
+
+// WithMemo remembers up to size decisions of a policy set, keyed by exactly the parts of the
+// input its rules read, and answers a repeated one without evaluating it (see memo.go). It is
+// exact: a policy set that could decide the same input differently (clock, randomness, network,
+// `with`) or that reads the input whole gets no memo. 0, the default, turns it off.
+func WithMemo(size int) Option { return func(e *Engine) { e.memoSize = size } }
 
 // WithClock sets the clock used to stamp loads and time evaluations.
 func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
@@ -133,10 +151,27 @@ func (e *Engine) Load(ctx context.Context, set PolicySet) error {
 		Revision: set.Revision,
 		Source:   set.Source,
 		LoadedAt: e.now().UTC(),
+		Memo:     "off",
 	}}
+	if e.memoSize > 0 {
+		proj, err := analyzeInputUse(set.Bundle)
+		if err != nil {
+			p.info.Memo = "off: " + err.Error()
+		} else {
+			p.proj, p.memo = proj, newMemo(e.memoSize)
+			p.info.Memo = "on"
+			p.info.InputPaths = proj.names()
+		}
+	}
 	e.cur.Store(p)
-	e.logger.Info().Str("revision", set.Revision).Str("source", set.Source).Str("query", e.query).Msg("policy set loaded")
+	e.logger.Info().Str("revision", set.Revision).Str("source", set.Source).Str("query", e.query).Str("memo", p.info.Memo).Msg("policy set loaded")
 	return nil
+}
+
+// MemoStats counts decisions answered from the memo (hits) and decisions evaluated while the
+// memo was on (misses), since the engine started.
+func (e *Engine) MemoStats() (hits, misses uint64) {
+	return e.memoHits.Load(), e.memoMisses.Load()
 }
 
 // Policy describes the policy set currently served.
@@ -156,13 +191,13 @@ func (e *Engine) Decide(ctx context.Context, in *Input) Decision {
 		return Decision{Reasons: []string{ReasonPolicyError}, Err: errors.New("pdp: no policy set loaded")}
 	}
 	start := e.now()
-	d := p.decide(ctx, in)
+	d := p.decide(ctx, in, e)
 	d.Duration = e.now().Sub(start)
 	d.Policy = p.info
 	return d
 }
 
-func (p *prepared) decide(ctx context.Context, in *Input) Decision {
+func (p *prepared) decide(ctx context.Context, in *Input, e *Engine) Decision {
 	if err := ctx.Err(); err != nil { // OPA checks cancellation only between steps
 		return policyError(fmt.Errorf("pdp: evaluate %s: %w", p.info.Query, err))
 	}
@@ -170,6 +205,25 @@ func (p *prepared) decide(ctx context.Context, in *Input) Decision {
 	if err != nil {
 		return policyError(fmt.Errorf("pdp: convert input: %w", err))
 	}
+	var key string
+	if p.memo != nil {
+		if k, ok := p.proj.key(value); ok {
+			if d, hit := p.memo.get(k); hit {
+				e.memoHits.Add(1)
+				return d.clone()
+			}
+			e.memoMisses.Add(1)
+			key = k
+		}
+	}
+	d := p.eval(ctx, value)
+	if key != "" && d.Err == nil {
+		p.memo.put(key, d.clone())
+	}
+	return d
+}
+
+func (p *prepared) eval(ctx context.Context, value ast.Value) Decision {
 	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(value))
 	if err != nil {
 		return policyError(fmt.Errorf("pdp: evaluate %s: %w", p.info.Query, err))

@@ -29,6 +29,12 @@ type PolicyStatus struct {
 	// Reloads counts policy sets swapped in after the first; Failures counts those refused.
 	Reloads  uint64 `json:"reloads"`
 	Failures uint64 `json:"failures"`
+	// Memo says whether repeated decisions are answered from memory ("on"), or why not;
+	// InputPaths are then the parts of the input the policy set reads, which key the memo.
+	Memo       string   `json:"memo,omitempty"`
+	InputPaths []string `json:"input_paths,omitempty"`
+	MemoHits   uint64   `json:"memo_hits"`
+	MemoMisses uint64   `json:"memo_misses"`
 }
 
 // PolicyReporter reports the policy status. It must be cheap: /metrics calls it on every scrape.
@@ -60,6 +66,12 @@ func (s *Server) routePolicy(e *echo.Echo) {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "custody_policy_reload_failures_total", Help: "Policy sets refused (unreadable, badly signed or not compiling); the previous one kept serving.",
 		}, func() float64 { return float64(s.policy.PolicyStatus().Failures) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "custody_decision_memo_hits_total", Help: "Decisions answered from the decision memo, without evaluating the policy.",
+		}, func() float64 { return float64(s.policy.PolicyStatus().MemoHits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "custody_decision_memo_misses_total", Help: "Decisions evaluated while the decision memo was on.",
+		}, func() float64 { return float64(s.policy.PolicyStatus().MemoMisses) }),
 	)
 }
 

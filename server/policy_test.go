@@ -32,8 +32,8 @@ func TestPolicyStatus(t *testing.T) {
 		{
 			name:        "nothing loaded yet",
 			status:      server.PolicyStatus{Query: "data.custody.authz.decision"},
-			wantBody:    `{"revision":"","source":"","query":"data.custody.authz.decision","reloads":0,"failures":0}`,
-			wantMetrics: []string{"custody_policy_reloads_total 0", "custody_policy_reload_failures_total 0"},
+			wantBody:    `{"revision":"","source":"","query":"data.custody.authz.decision","reloads":0,"failures":0,"memo_hits":0,"memo_misses":0}`,
+			wantMetrics: []string{"custody_policy_reloads_total 0", "custody_policy_reload_failures_total 0", "custody_decision_memo_hits_total 0"},
 		},
 		{
 			name: "serving, after a refused reload",
@@ -41,11 +41,13 @@ func TestPolicyStatus(t *testing.T) {
 				Revision: "v2", Source: "/etc/custody/bundle.tar.gz", Query: "data.custody.authz.decision",
 				LoadedAt: loadedAt, LastError: "bundles: verify: bundle signature check failed", LastErrorAt: loadedAt.Add(time.Minute),
 				Reloads: 1, Failures: 1,
+				Memo: "on", InputPaths: []string{"input.subject.id", "type of input"}, MemoHits: 7, MemoMisses: 3,
 			},
 			wantBody: `{"revision":"v2","source":"/etc/custody/bundle.tar.gz","query":"data.custody.authz.decision",` +
 				`"loaded_at":"2026-05-01T12:00:00Z","last_error":"bundles: verify: bundle signature check failed",` +
-				`"last_error_at":"2026-05-01T12:01:00Z","reloads":1,"failures":1}`,
-			wantMetrics: []string{"custody_policy_reloads_total 1", "custody_policy_reload_failures_total 1"},
+				`"last_error_at":"2026-05-01T12:01:00Z","reloads":1,"failures":1,` +
+				`"memo":"on","input_paths":["input.subject.id","type of input"],"memo_hits":7,"memo_misses":3}`,
+			wantMetrics: []string{"custody_policy_reloads_total 1", "custody_policy_reload_failures_total 1", "custody_decision_memo_hits_total 7", "custody_decision_memo_misses_total 3"},
 		},
 	}
 	for _, tc := range tests {

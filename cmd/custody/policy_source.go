@@ -200,10 +200,16 @@ func (p *policySource) stop() {
 // PolicyStatus reports the policy set serving, for GET /v1/policy and the reload metrics.
 func (p *policySource) PolicyStatus() custodyhttp.PolicyStatus {
 	st := p.reloader.Status()
+	info := p.engine.Policy()
+	hits, misses := p.engine.MemoStats()
 	return custodyhttp.PolicyStatus{
+		MemoHits:    hits,
+		MemoMisses:  misses,
 		Revision:    st.Revision,
 		Source:      st.Source,
-		Query:       p.engine.Policy().Query,
+		Query:       info.Query,
+		Memo:        info.Memo,
+		InputPaths:  info.InputPaths,
 		LoadedAt:    st.LoadedAt,
 		LastError:   st.LastError,
 		LastErrorAt: st.LastErrorAt,

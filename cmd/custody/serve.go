@@ -37,6 +37,8 @@ const (
 	DefaultNATSListen      = "127.0.0.1:4222"
 	DefaultNATSURL         = "nats://127.0.0.1:4222"
 	DefaultShutdownTimeout = 15 * time.Second
+	// DefaultDecisionMemo bounds the remembered decisions: a few hundred bytes each.
+	DefaultDecisionMemo = 10_000
 )
 
 type serveConfig struct {
@@ -50,6 +52,7 @@ type serveConfig struct {
 	policies           string
 	policySource       policySourceConfig
 	decision           string
+	decisionMemo       int
 	retention          time.Duration
 	streamMaxBytes     int64
 	streamReplicas     int
@@ -84,6 +87,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.policies, "policies", "", "policy set: a directory of .rego and data files, or an OPA bundle .tar.gz (default: the embedded policies)")
 	c.policySource.flags(fs)
 	fs.StringVar(&c.decision, "decision", pdp.DefaultQuery, "the decision rule to evaluate")
+	fs.IntVar(&c.decisionMemo, "decision-memo", DefaultDecisionMemo, "remember up to this many decisions, keyed by exactly the input fields the policy reads, and answer repeats without evaluating; 0 turns it off (see GET /v1/policy)")
 	fs.DurationVar(&c.retention, "retention", 0, "how long the stream keeps decisions; 0 keeps them forever")
 	fs.Int64Var(&c.streamMaxBytes, "stream-max-bytes", -1, "stream size bound; when full, new decisions are refused (503 deny), never old ones evicted; -1 is unlimited")
 	fs.IntVar(&c.streamReplicas, "stream-replicas", custodyjs.DefaultReplicas, "stream replicas in a JetStream cluster")
@@ -130,6 +134,9 @@ func (c *serveConfig) Validate() error {
 	}
 	if c.publishTimeout <= 0 {
 		return errors.New("--publish-timeout must be positive")
+	}
+	if c.decisionMemo < 0 {
+		return errors.New("--decision-memo must not be negative")
 	}
 	if c.duplicateWindow < 0 {
 		return errors.New("--duplicate-window must not be negative")
@@ -196,7 +203,7 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		return err
 	}
 
-	engine, err := pdp.NewEmpty(pdp.WithQuery(cfg.decision), pdp.WithLogger(logger))
+	engine, err := pdp.NewEmpty(pdp.WithQuery(cfg.decision), pdp.WithLogger(logger), pdp.WithMemo(cfg.decisionMemo))
 	if err != nil {
 		return err
 	}

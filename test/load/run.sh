@@ -20,12 +20,15 @@ OPA_VERSION=${OPA_VERSION:-v1.22.3}
 CUSTODY_ADDR=${CUSTODY_ADDR:-127.0.0.1:28181}
 OPA_ADDR=${OPA_ADDR:-127.0.0.1:28281}
 NATS_ADDR=${NATS_ADDR:-127.0.0.1:24222}
+NOMEMO=${NOMEMO:-1}                  # 1: also run custody with --decision-memo 0 (every decision evaluated)
+NOMEMO_ADDR=${NOMEMO_ADDR:-127.0.0.1:28182}
+NOMEMO_NATS_ADDR=${NOMEMO_NATS_ADDR:-127.0.0.1:24223}
 OUT=${OUT:-test/load/last-run.txt}   # raw JSON lines of this run
 KEEP_TMP=${KEEP_TMP:-0}              # 1: keep the work dir (binaries, bodies, logs, data)
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/custody-load.XXXXXX")
-CUSTODY_PID= OPA_PID=
+CUSTODY_PID= OPA_PID= NOMEMO_PID=
 SAMPLERS=()
 
 log() { printf '== %s\n' "$*" >&2; }
@@ -42,6 +45,7 @@ cleanup() {
 	local s
 	for s in "${SAMPLERS[@]}"; do kill "$s" 2>/dev/null || true; done
 	stop "$CUSTODY_PID"
+	stop "$NOMEMO_PID"
 	stop "$OPA_PID"
 	if [[ $KEEP_TMP == 1 ]]; then log "work dir kept: $TMP"; else rm -rf "$TMP"; fi
 }
@@ -90,7 +94,8 @@ field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; } # field name json-li
 
 : >"$OUT"
 FAILED=0
-ANSWERED=0 # custody decisions answered 2xx, by every client of this run
+ANSWERED=0        # custody decisions answered 2xx, by every client of this run
+NOMEMO_ANSWERED=0 # the same for the custody without a decision memo
 
 log "building custody, loadgen, genbodies and OPA $OPA_VERSION into $TMP"
 go build -o "$TMP/custody" ./cmd/custody
@@ -106,6 +111,10 @@ printf '{"name":"meta","date":"%s","commit":"%s","go":"%s","cpus":%s,"duration":
 port_free "$OPA_ADDR"
 port_free "$CUSTODY_ADDR"
 port_free "$NATS_ADDR"
+if [[ $NOMEMO == 1 ]]; then
+	port_free "$NOMEMO_ADDR"
+	port_free "$NOMEMO_NATS_ADDR"
+fi
 
 log "starting OPA's server on $OPA_ADDR (policies/, no decision log)"
 "$TMP/opa" run --server --addr "$OPA_ADDR" --log-level error --skip-version-check policies/ >"$TMP/opa.log" 2>&1 &
@@ -114,10 +123,18 @@ log "starting custody on $CUSTODY_ADDR (embedded NATS on $NATS_ADDR, default dur
 "$TMP/custody" serve --addr "$CUSTODY_ADDR" --nats-listen "$NATS_ADDR" --data-dir "$TMP/data" \
 	--intent-key-file "$TMP/intent.key" --log-level error >"$TMP/custody.log" 2>&1 &
 CUSTODY_PID=$!
+if [[ $NOMEMO == 1 ]]; then
+	log "starting custody --decision-memo 0 on $NOMEMO_ADDR (embedded NATS on $NOMEMO_NATS_ADDR): every decision evaluated"
+	"$TMP/custody" serve --addr "$NOMEMO_ADDR" --nats-listen "$NOMEMO_NATS_ADDR" --data-dir "$TMP/data-nomemo" \
+		--intent-key-file "$TMP/intent.key" --log-level error --decision-memo 0 >"$TMP/custody-nomemo.log" 2>&1 &
+	NOMEMO_PID=$!
+	wait_ready "custody --decision-memo 0" "$NOMEMO_PID" "http://$NOMEMO_ADDR/readyz" "$TMP/custody-nomemo.log"
+fi
 wait_ready OPA "$OPA_PID" "http://$OPA_ADDR/health" "$TMP/opa.log"
 wait_ready custody "$CUSTODY_PID" "http://$CUSTODY_ADDR/readyz" "$TMP/custody.log"
 sample_rss "$OPA_PID" "$TMP/rss-opa"
 sample_rss "$CUSTODY_PID" "$TMP/rss-custody"
+[[ $NOMEMO == 1 ]] && sample_rss "$NOMEMO_PID" "$TMP/rss-custody-nomemo"
 
 log "checking that custody and OPA decide all $BODIES requests alike"
 line=$("$TMP/genbodies" check -dir "$TMP/bodies" -custody "http://$CUSTODY_ADDR" -opa "http://$OPA_ADDR" -json) ||
@@ -134,18 +151,31 @@ load() {
 	}
 	[[ -n $line ]] || die "loadgen $1 gave no result"
 	echo "$line" >>"$OUT"
-	if [[ $1 == custody* ]]; then ANSWERED=$((ANSWERED + $(field total_2xx "$line"))); fi
+	if [[ $1 == custody-nomemo ]]; then
+		NOMEMO_ANSWERED=$((NOMEMO_ANSWERED + $(field total_2xx "$line")))
+	elif [[ $1 == custody* ]]; then
+		ANSWERED=$((ANSWERED + $(field total_2xx "$line")))
+	fi
 }
 
 for c in $CONNS; do
 	for r in $(seq 1 "$ROUNDS"); do
-		log "conns $c, round $r of $ROUNDS: OPA, then custody ($WARMUP warm-up + $DURATION each)"
+		log "conns $c, round $r of $ROUNDS: OPA, then custody, then custody without memo ($WARMUP warm-up + $DURATION each)"
 		load opa "http://$OPA_ADDR/v1/data/custody/authz/decision" "$TMP/bodies/opa.jsonl" "$c" "$DURATION"
 		load custody "http://$CUSTODY_ADDR/v1/authorize" "$TMP/bodies/custody.jsonl" "$c" "$DURATION"
+		if [[ $NOMEMO == 1 ]]; then
+			load custody-nomemo "http://$NOMEMO_ADDR/v1/authorize" "$TMP/bodies/custody.jsonl" "$c" "$DURATION"
+		fi
 	done
 done
 kill "${SAMPLERS[@]}" 2>/dev/null || true
 SAMPLERS=()
+
+log "checking again, now that custody answers repeats from its decision memo"
+line=$("$TMP/genbodies" check -dir "$TMP/bodies" -custody "http://$CUSTODY_ADDR" -opa "http://$OPA_ADDR" -json) ||
+	die "custody (from its memo) and OPA disagree"
+echo "$line" >>"$OUT"
+ANSWERED=$((ANSWERED + $(field custody_decisions "$line")))
 
 if [[ $RSS_RUN == 1 ]]; then
 	log "custody alone for $RSS_DURATION at $RSS_CONNS conns, RSS sampled every second"
@@ -173,10 +203,16 @@ records=$(sed -n 's/^read [0-9]* messages: \([0-9]*\) decision records.*/\1/p' <
 
 echo
 echo "== results ($(nproc) CPUs; $DURATION measured after $WARMUP warm-up; rounds: $ROUNDS; raw lines in $OUT)"
-"$TMP/loadgen" report -base opa -vs custody "$OUT"
+"$TMP/loadgen" report -base opa -vs custody,custody-nomemo "$OUT"
+memo=$(curl -fsS "http://$CUSTODY_ADDR/v1/policy" | sed -n 's/.*"memo_hits":\([0-9]*\),"memo_misses":\([0-9]*\).*/\1 \2/p')
+if [[ -n $memo ]]; then
+	read -r hits misses <<<"$memo"
+	echo "decision memo (custody): $hits answered from memory, $misses evaluated ($BODIES distinct requests, each sent many times)"
+fi
 echo
 rss_summary "OPA (comparison runs)" "$TMP/rss-opa"
 rss_summary "custody (comparison runs)" "$TMP/rss-custody"
+[[ -s $TMP/rss-custody-nomemo ]] && rss_summary "custody, no memo (comparison)" "$TMP/rss-custody-nomemo"
 if [[ -s $TMP/rss-custody-long ]]; then
 	rss_summary "custody ($RSS_DURATION at $RSS_CONNS conns)" "$TMP/rss-custody-long"
 	awk 'NR == 1 || NR % 10 == 0 { printf " %.0f", $2 / 1024 } END { printf "\n" }' "$TMP/rss-custody-long" |
@@ -193,6 +229,16 @@ printf '{"name":"records","answered":%d,"metrics":%d,"stream":%d}\n' "$ANSWERED"
 if [[ -z $records || $records != "$ANSWERED" ]]; then
 	echo "FAIL: the stream's decision records (${records:-unknown}) differ from the decisions answered ($ANSWERED)"
 	FAILED=1
+fi
+if [[ $NOMEMO == 1 ]]; then
+	nm_out=$("$TMP/custody" verify --nats-url "nats://$NOMEMO_NATS_ADDR" \
+		--pubkey "$("$TMP/custody" keys --data-dir "$TMP/data-nomemo")" 2>&1) || true
+	nm_records=$(sed -n 's/^read [0-9]* messages: \([0-9]*\) decision records.*/\1/p' <<<"$nm_out")
+	echo "decision records (custody --decision-memo 0): answered $NOMEMO_ANSWERED; the stream holds ${nm_records:-?}"
+	if [[ -z $nm_records || $nm_records != "$NOMEMO_ANSWERED" ]]; then
+		echo "FAIL: custody --decision-memo 0: the stream's decision records (${nm_records:-unknown}) differ from the decisions answered ($NOMEMO_ANSWERED)"
+		FAILED=1
+	fi
 fi
 if [[ $FAILED != 0 ]]; then
 	echo "FAIL: see the messages above"

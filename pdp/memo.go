@@ -1,0 +1,433 @@
+package pdp
+
+import (
+	"encoding/binary"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/bundle"
+)
+
+// A decision memo answers a repeated question without evaluating it again. It is exact, not a
+// heuristic: when a policy set is loaded, its compiled modules are read for every place they
+// touch input, and a decision is remembered under the values of exactly those places (the
+// projection of the input). Two inputs with the same projection are indistinguishable to the
+// policy, so it decides them alike. Agents repeat themselves: the same agent calling the same
+// tool for the same user, with different arguments, correlation IDs and tasks that the policy
+// never reads, is one decision.
+//
+// The memo is off for a policy set that could decide a repeated input differently: one that uses
+// a non-deterministic or clock-reading built-in (time.now_ns, http.send, rand.intn,
+// io.jwt.decode_verify, ...), a `with` modifier, or a built-in the engine does not know; and it
+// is off when the policy reads the input whole (json.marshal(input), input[k]), since the
+// projection would then be the entire input. Policy errors are never remembered.
+
+// clockReaders are deterministic built-ins whose result still depends on the time of the call.
+var clockReaders = map[string]bool{
+	"io.jwt.decode_verify":                                   true,
+	"crypto.x509.parse_and_verify_certificates":              true,
+	"crypto.x509.parse_and_verify_certificates_with_options": true,
+	"time.now_ns": true,
+}
+
+// typeTests read only the type of their operand.
+var typeTests = map[string]bool{
+	"is_object": true, "is_string": true, "is_array": true, "is_number": true,
+	"is_boolean": true, "is_null": true, "is_set": true, "type_name": true,
+}
+
+// inputPath is one place the policy reads the input: a path from the input's root, read
+// whole (value) or only for its type.
+type inputPath struct {
+	path     ast.Ref // the terms after `input`: strings and numbers
+	typeOnly bool
+}
+
+// projection is every place a policy set reads its input.
+type projection []inputPath
+
+// analyzeInputUse returns the projection of the policy set's modules, or why a decision of it
+// cannot be remembered.
+func analyzeInputUse(b *bundle.Bundle) (projection, error) {
+	mods := make(map[string]*ast.Module, len(b.Modules))
+	for _, m := range b.Modules {
+		if m.Parsed == nil {
+			return nil, fmt.Errorf("module %s is not parsed", m.Path)
+		}
+		mods[m.Path] = m.Parsed.Copy()
+	}
+	c := ast.NewCompiler()
+	c.Compile(mods)
+	if c.Failed() {
+		return nil, fmt.Errorf("compile: %v", c.Errors)
+	}
+	var (
+		why      error
+		typeOnly = map[*ast.Term]bool{}
+		paths    = map[string]inputPath{}
+	)
+	add := func(p inputPath) {
+		k := p.path.String()
+		if p.typeOnly {
+			k = "type " + k
+		}
+		paths[k] = p
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Modules)) {
+		m := c.Modules[name]
+		bindings := hoistedInputRefs(m)
+		uses, typeUses := map[ast.Var]int{}, map[ast.Var]int{}
+		ast.WalkVars(m, func(v ast.Var) bool { uses[v]++; return false })
+		ast.WalkExprs(m, func(e *ast.Expr) bool {
+			if why != nil {
+				return true
+			}
+			if len(e.With) > 0 {
+				why = fmt.Errorf("%s uses a with modifier", e.Location)
+				return true
+			}
+			if !e.IsCall() {
+				return false
+			}
+			op := e.Operator().String()
+			if bi, ok := ast.BuiltinMap[op]; ok {
+				if bi.Nondeterministic || clockReaders[op] {
+					why = fmt.Errorf("%s calls %s, which may answer differently each time", e.Location, op)
+					return true
+				}
+				if typeTests[op] {
+					if ops := e.Operands(); len(ops) > 0 {
+						if p, ok := groundInputPath(ops[0]); ok {
+							typeOnly[ops[0]] = true
+							add(inputPath{path: p, typeOnly: true})
+						} else if v, ok := ops[0].Value.(ast.Var); ok {
+							typeUses[v]++
+						}
+					}
+				}
+			} else if !strings.HasPrefix(op, "data.") {
+				why = fmt.Errorf("%s calls %s, a built-in this engine does not know", e.Location, op)
+				return true
+			}
+			return false
+		})
+		if why != nil {
+			return nil, why
+		}
+		// The compiler hoists a call's operands into locals (`__local1__ = input.subject;
+		// type_name(__local1__)`): a local bound to an input path and used only by type tests
+		// reads only that path's type.
+		for v, ref := range bindings {
+			if typeUses[v] > 0 && uses[v] == typeUses[v]+1 {
+				p, _ := groundInputPath(ref)
+				typeOnly[ref] = true
+				add(inputPath{path: p, typeOnly: true})
+			}
+		}
+		var visit func(t *ast.Term) bool
+		visit = func(t *ast.Term) bool {
+			if typeOnly[t] {
+				return true
+			}
+			if !isInputRooted(t) {
+				return false
+			}
+			p, _ := inputPrefix(t)
+			add(inputPath{path: p})
+			// The ref's own head is the input variable, already accounted for; a computed key
+			// (input.a[input.b]) may read more of the input.
+			if r, ok := t.Value.(ast.Ref); ok {
+				for _, k := range r[1:] {
+					ast.WalkTerms(k, visit)
+				}
+			}
+			return true
+		}
+		ast.WalkTerms(m, visit)
+	}
+	var out projection
+	for _, k := range slices.Sorted(maps.Keys(paths)) {
+		p := paths[k]
+		if !p.typeOnly && len(p.path) == 0 {
+			return nil, fmt.Errorf("the policy reads the whole input")
+		}
+		out = append(out, p)
+	}
+	return out.minimal(), nil
+}
+
+// hoistedInputRefs finds the compiler's `__localN__ = input.<constant path>` bindings and
+// returns the input term of each, by local.
+func hoistedInputRefs(m *ast.Module) map[ast.Var]*ast.Term {
+	out, dup := map[ast.Var]*ast.Term{}, map[ast.Var]bool{}
+	ast.WalkExprs(m, func(e *ast.Expr) bool {
+		if !e.IsEquality() {
+			return false
+		}
+		ops := e.Operands()
+		v, ok := ops[0].Value.(ast.Var)
+		if !ok || !v.IsGenerated() {
+			return false
+		}
+		if _, exact := groundInputPath(ops[1]); exact && !dup[v] {
+			if _, seen := out[v]; seen {
+				delete(out, v) // bound twice: not a simple alias
+				dup[v] = true
+				return false
+			}
+			out[v] = ops[1]
+		}
+		return false
+	})
+	return out
+}
+
+func isInputRooted(t *ast.Term) bool {
+	switch v := t.Value.(type) {
+	case ast.Var:
+		return v.Equal(ast.InputRootDocument.Value)
+	case ast.Ref:
+		return v.HasPrefix(ast.InputRootRef)
+	}
+	return false
+}
+
+// inputPrefix is the longest path of constant strings and numbers that t reads under input,
+// and whether that is all of t (no variable or computed part after it).
+func inputPrefix(t *ast.Term) (ast.Ref, bool) {
+	r, ok := t.Value.(ast.Ref)
+	if !ok {
+		return ast.Ref{}, true // the bare input variable
+	}
+	for i := 1; i < len(r); i++ {
+		switch r[i].Value.(type) {
+		case ast.String, ast.Number:
+		default:
+			return r[1:i].Copy(), false
+		}
+	}
+	return r[1:].Copy(), true
+}
+
+// groundInputPath is the path t names under input, when t names one exactly.
+func groundInputPath(t *ast.Term) (ast.Ref, bool) {
+	if !isInputRooted(t) {
+		return nil, false
+	}
+	return inputPrefix(t)
+}
+
+// names are the paths as operators read them: "subject.id", "type of subject".
+func (p projection) names() []string {
+	out := make([]string, 0, len(p))
+	for _, ip := range p {
+		parts := make([]string, 0, len(ip.path)+1)
+		parts = append(parts, "input")
+		for _, t := range ip.path {
+			if s, ok := t.Value.(ast.String); ok {
+				parts = append(parts, string(s))
+			} else {
+				parts = append(parts, t.String())
+			}
+		}
+		name := strings.Join(parts, ".")
+		if ip.typeOnly {
+			name = "type of " + name
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// minimal drops paths that another value path already covers: reading a document whole reads
+// everything under it.
+func (p projection) minimal() projection {
+	var out projection
+	for _, a := range p {
+		covered := false
+		for _, b := range p {
+			if !b.typeOnly && len(b.path) < len(a.path) && a.path.HasPrefix(b.path) ||
+				!b.typeOnly && a.typeOnly && b.path.Equal(a.path) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// key encodes the input's projection: for each path, in order, what is there (or that nothing
+// is). The encoding is injective, so equal keys mean equal projections. ok is false for a value
+// the encoder does not know, which is then decided without the memo.
+func (p projection) key(in ast.Value) (string, bool) {
+	buf := make([]byte, 0, 256)
+	for _, ip := range p {
+		v := find(in, ip.path)
+		switch {
+		case v == nil:
+			buf = append(buf, 'A')
+		case ip.typeOnly:
+			buf = append(buf, 'T')
+			buf = append(buf, ast.ValueName(v)...)
+			buf = append(buf, 0)
+		default:
+			buf = append(buf, 'V')
+			var ok bool
+			if buf, ok = encode(buf, v); !ok {
+				return "", false
+			}
+		}
+	}
+	return string(buf), true
+}
+
+// find returns the value at path under v, or nil when there is none.
+func find(v ast.Value, path ast.Ref) ast.Value {
+	for _, t := range path {
+		switch x := v.(type) {
+		case ast.Object:
+			e := x.Get(t)
+			if e == nil {
+				return nil
+			}
+			v = e.Value
+		case *ast.Array:
+			n, ok := t.Value.(ast.Number)
+			if !ok {
+				return nil
+			}
+			i, ok := n.Int()
+			if !ok || i < 0 || i >= x.Len() {
+				return nil
+			}
+			v = x.Elem(i).Value
+		default:
+			return nil
+		}
+	}
+	return v
+}
+
+// encode appends a type-tagged, length-prefixed encoding of v.
+func encode(buf []byte, v ast.Value) ([]byte, bool) {
+	switch x := v.(type) {
+	case ast.Null:
+		return append(buf, 'n'), true
+	case ast.Boolean:
+		if x {
+			return append(buf, 't'), true
+		}
+		return append(buf, 'f'), true
+	case ast.Number:
+		buf = append(buf, 'd')
+		return appendString(buf, string(x)), true
+	case ast.String:
+		buf = append(buf, 's')
+		return appendString(buf, string(x)), true
+	case *ast.Array:
+		buf = append(buf, 'a')
+		buf = binary.AppendUvarint(buf, uint64(x.Len()))
+		for i := range x.Len() {
+			var ok bool
+			if buf, ok = encode(buf, x.Elem(i).Value); !ok {
+				return buf, false
+			}
+		}
+		return buf, true
+	case ast.Object:
+		buf = append(buf, 'o')
+		keys := x.Keys() // sorted
+		buf = binary.AppendUvarint(buf, uint64(len(keys)))
+		for _, k := range keys {
+			var ok bool
+			if buf, ok = encode(buf, k.Value); !ok {
+				return buf, false
+			}
+			if buf, ok = encode(buf, x.Get(k).Value); !ok {
+				return buf, false
+			}
+		}
+		return buf, true
+	}
+	return buf, false
+}
+
+func appendString(buf []byte, s string) []byte {
+	buf = binary.AppendUvarint(buf, uint64(len(s)))
+	return append(buf, s...)
+}
+
+// memo holds remembered decisions in two generations: when the current one is full it becomes
+// the previous one and the one before is dropped, so the memo stays bounded and keeps what is
+// still being asked.
+type memo struct {
+	mu        sync.Mutex
+	cur, prev map[string]Decision
+	half      int
+}
+
+func newMemo(size int) *memo {
+	half := max(size/2, 1)
+	return &memo{cur: make(map[string]Decision, half), half: half}
+}
+
+func (m *memo) get(k string) (Decision, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if d, ok := m.cur[k]; ok {
+		return d, true
+	}
+	d, ok := m.prev[k]
+	if ok {
+		m.putLocked(k, d)
+	}
+	return d, ok
+}
+
+func (m *memo) put(k string, d Decision) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.putLocked(k, d)
+}
+
+func (m *memo) putLocked(k string, d Decision) {
+	if len(m.cur) >= m.half {
+		m.prev, m.cur = m.cur, make(map[string]Decision, m.half)
+	}
+	m.cur[k] = d
+}
+
+// clone returns d with its own reasons and obligations, so that no caller can change what the
+// memo remembers.
+func (d Decision) clone() Decision {
+	d.Reasons = slices.Clone(d.Reasons)
+	if d.Obligations != nil {
+		d.Obligations = cloneJSON(d.Obligations).(map[string]any)
+	}
+	return d
+}
+
+func cloneJSON(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = cloneJSON(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = cloneJSON(e)
+		}
+		return out
+	}
+	return v
+}

@@ -1,0 +1,262 @@
+package pdp_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/custodyhq/custody/bundles"
+	"github.com/custodyhq/custody/pdp"
+	"github.com/custodyhq/custody/policies"
+)
+
+func embeddedSet(t testing.TB) pdp.PolicySet {
+	t.Helper()
+	set, err := bundles.FromFS(policies.FS, "embedded")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set
+}
+
+// The memo is keyed by exactly what the default policy reads: nothing of the arguments, the
+// context, the task or the correlation ID, which vary on every call.
+func TestMemoKeysOnWhatThePolicyReads(t *testing.T) {
+	e := newEngine(t, embeddedSet(t), pdp.WithMemo(100))
+	info := e.Policy()
+	if info.Memo != "on" {
+		t.Fatalf("memo %q, want on", info.Memo)
+	}
+	want := []string{
+		"input.action.name", "input.action.properties.server", "input.agent.id",
+		"input.delegation.verified", "input.resource.properties.owner", "input.subject.id",
+		"input.subject.properties.roles", "input.subject.properties.scopes",
+		"type of input", "type of input.action", "type of input.action.properties",
+		"type of input.agent", "type of input.agent.properties", "type of input.resource",
+		"type of input.resource.properties", "type of input.subject", "type of input.subject.properties",
+	}
+	if diff := cmp.Diff(want, info.InputPaths); diff != "" {
+		t.Errorf("input paths (-want +got):\n%s", diff)
+	}
+	if off := newEngine(t, embeddedSet(t)).Policy().Memo; off != "off" {
+		t.Errorf("memo without WithMemo: %q", off)
+	}
+}
+
+var everyScope = []any{"mail.send", "mail.read", "contacts.read", "files.read", "files.write", "web.search", "tickets.write", "payments.send"}
+
+// randomInput draws inputs over the values the default policy cares about, including wrong
+// types, nulls and absent fields, and over values it ignores.
+func randomInput(r *rand.Rand) *pdp.Input {
+	pick := func(vs ...any) any { return vs[r.IntN(len(vs))] }
+	props := func(fields map[string][]any) map[string]any {
+		if r.IntN(20) == 0 {
+			return nil
+		}
+		m := map[string]any{}
+		for k, vs := range fields {
+			if v := pick(vs...); v != "<absent>" {
+				m[k] = v
+			}
+		}
+		return m
+	}
+	in := &pdp.Input{
+		Subject: pdp.Entity{
+			Type: "user",
+			ID:   pick("alice@acme.example", "alice@acme.example", "bob@acme.example", "").(string),
+			Properties: props(map[string][]any{
+				"scopes": {everyScope, everyScope, everyScope, everyScope, everyScope, everyScope, []any{"mail.send", "files.read", "tickets.write"}, []any{}, "mail.send", []any{"mail.send", 7}, nil, "<absent>"},
+				"roles":  {[]any{"admin"}, []any{"employee"}, []any{"employee"}, "admin", []any{true}, nil, "<absent>", "<absent>", "<absent>"},
+				"team":   {"x", "y"},
+			}),
+		},
+		Action: pdp.Action{
+			Name: pick("send_email", "read_inbox", "read_file", "web_search", "create_ticket", "delete_file", "transfer_funds", "nope").(string),
+			Properties: props(map[string][]any{
+				"server":    {"mail", "filesystem", "payments", "evil", 3, nil, "<absent>", "<absent>", "<absent>"},
+				"arguments": {map[string]any{"to": fmt.Sprint(r.IntN(1000))}, map[string]any{}},
+			}),
+		},
+		Resource: pdp.Entity{
+			Type: pick("mailbox", "file", "tool").(string),
+			ID:   fmt.Sprint(r.IntN(3)),
+			Properties: props(map[string][]any{
+				"owner": {"alice@acme.example", "alice@acme.example", "bob@acme.example", 42, nil, "<absent>", "<absent>", "<absent>"},
+			}),
+		},
+		Context:       map[string]any{"ip": fmt.Sprintf("10.0.0.%d", r.IntN(255))},
+		Delegation:    pdp.Delegation{Verified: r.IntN(2) == 0, Chain: []any{}},
+		CorrelationID: fmt.Sprintf("c-%d", r.Int()),
+	}
+	if r.IntN(6) != 0 {
+		in.Agent = &pdp.Agent{
+			ID:         pick("spiffe://acme.example/agents/mailer", "spiffe://acme.example/agents/researcher", "spiffe://acme.example/agents/ops", "spiffe://evil").(string),
+			Type:       "agent",
+			Properties: props(map[string][]any{"model": {"a", "b"}}),
+		}
+	}
+	if r.IntN(2) == 0 {
+		in.Task = &pdp.Task{ID: fmt.Sprint(r.IntN(5)), Attempt: int64(r.IntN(3))}
+	}
+	return in
+}
+
+// nearMiss copies in with one field the default policy reads set to another value.
+func nearMiss(r *rand.Rand, in *pdp.Input) *pdp.Input {
+	out := *in
+	clone := func(m map[string]any) map[string]any {
+		c := map[string]any{}
+		for k, v := range m {
+			c[k] = v
+		}
+		return c
+	}
+	out.Subject.Properties = clone(in.Subject.Properties)
+	out.Action.Properties = clone(in.Action.Properties)
+	out.Resource.Properties = clone(in.Resource.Properties)
+	switch r.IntN(8) {
+	case 0:
+		out.Resource.Properties["owner"] = []any{"bob@acme.example", "alice@acme.example", 1, nil}[r.IntN(4)]
+	case 1:
+		out.Subject.Properties["roles"] = []any{[]any{"admin"}, []any{}, "admin"}[r.IntN(3)]
+	case 2:
+		out.Subject.Properties["scopes"] = []any{everyScope, []any{"mail.send"}, []any{}}[r.IntN(3)]
+	case 3:
+		out.Action.Properties["server"] = []any{"mail", "filesystem", "payments", 1}[r.IntN(4)]
+	case 4:
+		out.Delegation.Verified = !in.Delegation.Verified
+	case 5:
+		out.Subject.ID = []string{"alice@acme.example", "bob@acme.example"}[r.IntN(2)]
+	case 6:
+		out.Action.Name = []string{"send_email", "delete_file", "transfer_funds", "read_file"}[r.IntN(4)]
+	case 7:
+		if out.Agent != nil {
+			a := *out.Agent
+			a.ID = []string{"spiffe://acme.example/agents/mailer", "spiffe://acme.example/agents/ops"}[r.IntN(2)]
+			out.Agent = &a
+		}
+	}
+	return &out
+}
+
+// Whatever the input, a remembered decision is the decision evaluation gives.
+func TestMemoAgreesWithEvaluation(t *testing.T) {
+	ctx := context.Background()
+	plain := newEngine(t, embeddedSet(t))
+	memo := newEngine(t, embeddedSet(t), pdp.WithMemo(64)) // small: evictions too
+	r := rand.New(rand.NewPCG(8, 27))
+	allowed := 0
+	for i := range 3000 {
+		in := randomInput(r)
+		want := plain.Decide(ctx, in)
+		if want.Err != nil {
+			t.Fatalf("input %d: %v", i, want.Err)
+		}
+		for round := range 2 { // a miss, then (unless evicted) a hit
+			got := memo.Decide(ctx, in)
+			if got.Allow != want.Allow || !slices.Equal(got.Reasons, want.Reasons) || !cmp.Equal(got.Obligations, want.Obligations) {
+				t.Fatalf("input %d round %d: memo %v %v %v, evaluation %v %v %v", i, round, got.Allow, got.Reasons, got.Obligations, want.Allow, want.Reasons, want.Obligations)
+			}
+		}
+		if want.Allow {
+			allowed++
+		}
+		// A near miss: the same input with one field the policy reads changed. A key that
+		// missed the field would answer it with the decision just remembered.
+		near := nearMiss(r, in)
+		want, got := plain.Decide(ctx, near), memo.Decide(ctx, near)
+		if got.Allow != want.Allow || !slices.Equal(got.Reasons, want.Reasons) {
+			t.Fatalf("near miss of input %d: memo %v %v, evaluation %v %v", i, got.Allow, got.Reasons, want.Allow, want.Reasons)
+		}
+	}
+	if allowed < 30 || allowed > 2970 {
+		t.Fatalf("%d of 3000 allowed: the inputs do not exercise both outcomes", allowed)
+	}
+}
+
+// The memo tells apart what the policy can tell apart, including a field's type alone.
+func TestMemoTellsApartWhatThePolicyReads(t *testing.T) {
+	ctx := context.Background()
+	e := newEngine(t, policySet(t, map[string]string{"p.rego": `package custody.authz
+decision := {"allow": true} if {
+	is_string(input.subject.properties.x)
+	input.action.name == "go"
+}
+`}), pdp.WithMemo(100))
+	if e.Policy().Memo != "on" {
+		t.Fatalf("memo %q", e.Policy().Memo)
+	}
+	in := func(x any, name string) *pdp.Input {
+		return &pdp.Input{Subject: pdp.Entity{ID: "a", Properties: map[string]any{"x": x}}, Action: pdp.Action{Name: name}}
+	}
+	for i, tc := range []struct {
+		in   *pdp.Input
+		want bool
+	}{
+		{in("s", "go"), true}, {in(1, "go"), false}, {in("t", "go"), true}, {in(nil, "go"), false},
+		{in("s", "stop"), false}, {in("s", "go"), true}, {in(1, "go"), false},
+	} {
+		if got := e.Decide(ctx, tc.in).Allow; got != tc.want {
+			t.Errorf("case %d: allow %v, want %v", i, got, tc.want)
+		}
+	}
+}
+
+func TestMemoIsOffWhenDecisionsCouldDiffer(t *testing.T) {
+	for name, body := range map[string]string{
+		"clock":          `decision := time.now_ns() > 0`,
+		"randomness":     `decision := rand.intn("x", 2) == 0`,
+		"network":        `decision := http.send({"method": "GET", "url": "http://127.0.0.1:1"}).status_code == 200`,
+		"token expiry":   `decision := io.jwt.decode_verify(input.token, {"secret": "k"})[0]`,
+		"with":           "decision := x if {\n\tx := allow with input as {\"x\": 1}\n}\nallow if input.x == 1",
+		"whole input":    `decision := json.marshal(input) == "{}"`,
+		"computed key":   `decision := input[input.k] == 1`,
+		"input argument": `decision := f(input)` + "\nf(x) := true if x.a == 1",
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := newEngine(t, policySet(t, map[string]string{"p.rego": "package custody.authz\n" + body + "\n"}), pdp.WithMemo(100))
+			if m := e.Policy().Memo; !strings.HasPrefix(m, "off: ") {
+				t.Fatalf("memo %q, want off with a reason", m)
+			}
+		})
+	}
+}
+
+// A remembered decision is handed out as a copy: a caller changing it changes nothing else.
+func TestMemoHandsOutCopies(t *testing.T) {
+	ctx := context.Background()
+	e := newEngine(t, policySet(t, map[string]string{"p.rego": `package custody.authz
+decision := {"allow": true, "reasons": ["ok"], "obligations": {"require_approval": true, "nested": {"a": [1]}}} if input.action.name == "go"
+`}), pdp.WithMemo(100))
+	in := &pdp.Input{Action: pdp.Action{Name: "go"}}
+	first := e.Decide(ctx, in)
+	first.Reasons[0] = "tampered"
+	first.Obligations["require_approval"] = false
+	first.Obligations["nested"].(map[string]any)["a"] = "tampered"
+	for range 2 {
+		d := e.Decide(ctx, in)
+		if d.Reasons[0] != "ok" || d.Obligations["require_approval"] != true || !cmp.Equal(d.Obligations["nested"], map[string]any{"a": []any{json.Number("1")}}) {
+			t.Fatalf("decision changed through a copy: %v %v", d.Reasons, d.Obligations)
+		}
+	}
+}
+
+// BenchmarkDecideMemo is a repeated decision of the default policy set answered from the memo,
+// against BenchmarkDecide's evaluation of the same input.
+func BenchmarkDecideMemo(b *testing.B) {
+	ctx := context.Background()
+	e := newEngine(b, embeddedSet(b), pdp.WithMemo(1000))
+	in := randomInput(rand.New(rand.NewPCG(1, 2)))
+	e.Decide(ctx, in)
+	b.ReportAllocs()
+	for b.Loop() {
+		e.Decide(ctx, in)
+	}
+}
