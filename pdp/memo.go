@@ -263,6 +263,11 @@ func (p projection) minimal() projection {
 	return out
 }
 
+// maxKeyBytes bounds a memo key. The projection can include caller-sent values (a user's scopes),
+// and a memo of 10,000 entries must not become a way to hold 10,000 request bodies in memory: a
+// larger input is evaluated without the memo.
+const maxKeyBytes = 4096
+
 // key encodes the input's projection: for each path, in order, what is there (or that nothing
 // is). The encoding is injective, so equal keys mean equal projections. ok is false for a value
 // the encoder does not know, which is then decided without the memo.
@@ -283,6 +288,9 @@ func (p projection) key(in ast.Value) (string, bool) {
 			if buf, ok = encode(buf, v); !ok {
 				return "", false
 			}
+		}
+		if len(buf) > maxKeyBytes {
+			return "", false
 		}
 	}
 	return string(buf), true
@@ -330,13 +338,14 @@ func encode(buf []byte, v ast.Value) ([]byte, bool) {
 		return appendString(buf, string(x)), true
 	case ast.String:
 		buf = append(buf, 's')
-		return appendString(buf, string(x)), true
+		buf = appendString(buf, string(x))
+		return buf, len(buf) <= maxKeyBytes
 	case *ast.Array:
 		buf = append(buf, 'a')
 		buf = binary.AppendUvarint(buf, uint64(x.Len()))
 		for i := range x.Len() {
 			var ok bool
-			if buf, ok = encode(buf, x.Elem(i).Value); !ok {
+			if buf, ok = encode(buf, x.Elem(i).Value); !ok || len(buf) > maxKeyBytes {
 				return buf, false
 			}
 		}
@@ -350,7 +359,7 @@ func encode(buf []byte, v ast.Value) ([]byte, bool) {
 			if buf, ok = encode(buf, k.Value); !ok {
 				return buf, false
 			}
-			if buf, ok = encode(buf, x.Get(k).Value); !ok {
+			if buf, ok = encode(buf, x.Get(k).Value); !ok || len(buf) > maxKeyBytes {
 				return buf, false
 			}
 		}

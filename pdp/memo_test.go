@@ -248,6 +248,36 @@ decision := {"allow": true, "reasons": ["ok"], "obligations": {"require_approval
 	}
 }
 
+// A projection too large to keep (a user with thousands of scopes) is decided without the memo.
+func TestMemoSkipsLargeInputs(t *testing.T) {
+	ctx := context.Background()
+	e := newEngine(t, embeddedSet(t), pdp.WithMemo(100))
+	scopes := []any{"mail.send"}
+	for i := range 2000 {
+		scopes = append(scopes, fmt.Sprintf("scope.%d", i))
+	}
+	in := &pdp.Input{
+		Subject:  pdp.Entity{Type: "user", ID: "alice@acme.example", Properties: map[string]any{"scopes": scopes}},
+		Action:   pdp.Action{Name: "send_email", Properties: map[string]any{"server": "mail"}},
+		Resource: pdp.Entity{Type: "tool", ID: "send_email"},
+		Agent:    &pdp.Agent{ID: "spiffe://acme.example/agents/mailer", Type: "agent"},
+	}
+	for range 3 {
+		if d := e.Decide(ctx, in); !d.Allow {
+			t.Fatalf("decision %v", d.Reasons)
+		}
+	}
+	if hits, misses := e.MemoStats(); hits != 0 || misses != 0 {
+		t.Fatalf("memo hits %d, misses %d: a large input went through the memo", hits, misses)
+	}
+	in.Subject.Properties["scopes"] = []any{"mail.send"}
+	e.Decide(ctx, in)
+	e.Decide(ctx, in)
+	if hits, misses := e.MemoStats(); hits != 1 || misses != 1 {
+		t.Fatalf("memo hits %d, misses %d after a small input twice, want 1 and 1", hits, misses)
+	}
+}
+
 // BenchmarkDecideMemo is a repeated decision of the default policy set answered from the memo,
 // against BenchmarkDecide's evaluation of the same input.
 func BenchmarkDecideMemo(b *testing.B) {
