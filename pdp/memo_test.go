@@ -290,3 +290,38 @@ func BenchmarkDecideMemo(b *testing.B) {
 		e.Decide(ctx, in)
 	}
 }
+
+// Concurrent deciders share one memo; run with -race.
+func TestMemoUnderConcurrency(t *testing.T) {
+	ctx := context.Background()
+	plain := newEngine(t, embeddedSet(t))
+	memo := newEngine(t, embeddedSet(t), pdp.WithMemo(32))
+	inputs := make([]*pdp.Input, 200)
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range inputs {
+		inputs[i] = randomInput(r)
+	}
+	want := make([]pdp.Decision, len(inputs))
+	for i, in := range inputs {
+		want[i] = plain.Decide(ctx, in)
+	}
+	errs := make(chan error, 8)
+	for w := range 8 {
+		go func() {
+			for k := range 400 {
+				i := (k*7 + w*13) % len(inputs)
+				got := memo.Decide(ctx, inputs[i])
+				if got.Allow != want[i].Allow || !slices.Equal(got.Reasons, want[i].Reasons) {
+					errs <- fmt.Errorf("input %d: memo %v %v, evaluation %v %v", i, got.Allow, got.Reasons, want[i].Allow, want[i].Reasons)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

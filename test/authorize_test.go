@@ -110,6 +110,11 @@ func TestEveryAnsweredDecisionIsOnTheStream(t *testing.T) {
 	if len(msgs) != len(decided) {
 		t.Fatalf("stream holds %d records, %d decisions were answered", len(msgs), len(decided))
 	}
+	// The same requests were sent many times: most were answered from the decision memo, and
+	// each of those still has its own record (checked below).
+	if st, err := getPolicy(client, c.HTTP); err != nil || st.Memo != "on" || st.MemoHits == 0 {
+		t.Fatalf("policy status %+v, %v: want the memo on and used", st, err)
+	}
 	seen := map[string]bool{}
 	for _, m := range msgs {
 		r := m.Record

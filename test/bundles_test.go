@@ -28,6 +28,8 @@ type policyState struct {
 	LastError string `json:"last_error"`
 	Reloads   int    `json:"reloads"`
 	Failures  int    `json:"failures"`
+	Memo      string `json:"memo"`
+	MemoHits  int    `json:"memo_hits"`
 }
 
 func getPolicy(client *http.Client, base string) (policyState, error) {
