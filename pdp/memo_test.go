@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -324,4 +325,46 @@ func TestMemoUnderConcurrency(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+var fuzzEngines struct {
+	once        sync.Once
+	plain, memo *pdp.Engine
+}
+
+// FuzzMemoAgreesWithEvaluation decides arbitrary JSON properties through one long-lived memo and
+// through plain evaluation: the memo, filled by every earlier input of the run, must never answer
+// differently.
+func FuzzMemoAgreesWithEvaluation(f *testing.F) {
+	f.Add([]byte(`{"scopes":["mail.send"],"roles":["employee"]}`), []byte(`{"owner":"alice@acme.example"}`), []byte(`{"server":"mail","arguments":{"to":"x"}}`), "send_email", "spiffe://acme.example/agents/mailer", "alice@acme.example", false)
+	f.Add([]byte(`{"scopes":"mail.send","roles":null}`), []byte(`{"owner":42}`), []byte(`{"server":1}`), "delete_file", "spiffe://acme.example/agents/ops", "bob@acme.example", true)
+	f.Add([]byte(`{"scopes":["files.write","files.read"],"roles":["admin"]}`), []byte(`{}`), []byte(`{"server":"filesystem"}`), "delete_file", "spiffe://acme.example/agents/ops", "alice@acme.example", true)
+	f.Add([]byte(`null`), []byte(`[]`), []byte(`{"server":null}`), "", "", "", false)
+	f.Fuzz(func(t *testing.T, subject, resource, action []byte, tool, agent, user string, verified bool) {
+		fuzzEngines.once.Do(func() {
+			fuzzEngines.plain = newEngine(t, embeddedSet(t))
+			fuzzEngines.memo = newEngine(t, embeddedSet(t), pdp.WithMemo(4096))
+		})
+		var sp, rp, ap map[string]any
+		if json.Unmarshal(subject, &sp) != nil || json.Unmarshal(resource, &rp) != nil || json.Unmarshal(action, &ap) != nil {
+			t.Skip()
+		}
+		in := &pdp.Input{
+			Subject:    pdp.Entity{Type: "user", ID: user, Properties: sp},
+			Action:     pdp.Action{Name: tool, Properties: ap},
+			Resource:   pdp.Entity{Type: "tool", ID: tool, Properties: rp},
+			Delegation: pdp.Delegation{Verified: verified, Chain: []any{}},
+		}
+		if agent != "" {
+			in.Agent = &pdp.Agent{ID: agent, Type: "agent"}
+		}
+		ctx := context.Background()
+		want := fuzzEngines.plain.Decide(ctx, in)
+		for range 2 {
+			got := fuzzEngines.memo.Decide(ctx, in)
+			if got.Allow != want.Allow || !slices.Equal(got.Reasons, want.Reasons) || !cmp.Equal(got.Obligations, want.Obligations) || (got.Err == nil) != (want.Err == nil) {
+				t.Fatalf("memo %v %v %v %v, evaluation %v %v %v %v", got.Allow, got.Reasons, got.Obligations, got.Err, want.Allow, want.Reasons, want.Obligations, want.Err)
+			}
+		}
+	})
 }
