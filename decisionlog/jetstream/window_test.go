@@ -193,15 +193,17 @@ func ownChain(t *testing.T, s jetstream.Stream, instance string) []decisionlog.R
 	}
 	var out []decisionlog.Record
 	var head decisionlog.ChainHead
+	deadline := time.Now().Add(30 * time.Second)
 	for {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(time.Second))
+		if time.Now().After(deadline) {
+			t.Fatalf("read %d of %s's records, then nothing more for 30 s", len(out), instance)
+		}
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
-		n := 0
-		last := false
+		last := false // an empty fetch on a slow machine is not the end: read on until LastSeq
 		for m := range batch.Messages() {
-			n++
 			md, err := m.Metadata()
 			if err != nil {
 				t.Fatal(err)
@@ -224,7 +226,7 @@ func ownChain(t *testing.T, s jetstream.Stream, instance string) []decisionlog.R
 			head = decisionlog.ChainHead{Seq: r.Seq, Hash: h}
 			out = append(out, r)
 		}
-		if last || n == 0 {
+		if last || info.State.LastSeq == 0 {
 			return out
 		}
 	}
