@@ -250,7 +250,10 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	// A record whose ack never comes (the server restarted under it) must not stay in the
+	// client's table of pending async publishes forever: the sink gives up on it after
+	// --publish-timeout, and the client forgets it a little later.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(2*cfg.publishTimeout))
 	if err != nil {
 		return fmt.Errorf("serve: jetstream: %w", err)
 	}
