@@ -274,9 +274,9 @@ const maxKeyBytes = 4096
 func (p projection) key(in ast.Value) (string, bool) {
 	buf := make([]byte, 0, 256)
 	for _, ip := range p {
-		v := find(in, ip.path)
+		v, err := in.Find(ip.path)
 		switch {
-		case v == nil:
+		case err != nil: // nothing there
 			buf = append(buf, 'A')
 		case ip.typeOnly:
 			buf = append(buf, 'T')
@@ -294,33 +294,6 @@ func (p projection) key(in ast.Value) (string, bool) {
 		}
 	}
 	return string(buf), true
-}
-
-// find returns the value at path under v, or nil when there is none.
-func find(v ast.Value, path ast.Ref) ast.Value {
-	for _, t := range path {
-		switch x := v.(type) {
-		case ast.Object:
-			e := x.Get(t)
-			if e == nil {
-				return nil
-			}
-			v = e.Value
-		case *ast.Array:
-			n, ok := t.Value.(ast.Number)
-			if !ok {
-				return nil
-			}
-			i, ok := n.Int()
-			if !ok || i < 0 || i >= x.Len() {
-				return nil
-			}
-			v = x.Elem(i).Value
-		default:
-			return nil
-		}
-	}
-	return v
 }
 
 // encode appends a type-tagged, length-prefixed encoding of v.

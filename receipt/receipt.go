@@ -42,7 +42,6 @@ const (
 
 // Issuer signs receipts with one private key.
 type Issuer struct {
-	key    jwk.Key
 	signer *ecdsa.PrivateKey
 	// header is the receipt's protected header, encoded once: it never changes for a key.
 	header string
@@ -93,7 +92,6 @@ func NewIssuer(key jwk.Key, iss string, ttl time.Duration) (*Issuer, error) {
 		return nil, fmt.Errorf("receipt: header: %w", err)
 	}
 	return &Issuer{
-		key:    key,
 		signer: &signer,
 		header: base64.RawURLEncoding.EncodeToString(header),
 		public: set,

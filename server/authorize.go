@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/rs/zerolog"
 
 	"github.com/custodyhq/custody/decisionlog"
 	"github.com/custodyhq/custody/pdp"
@@ -212,27 +213,32 @@ func (s *Server) baseRecord(endpoint string, in *pdp.Input, m requestMeta) *deci
 // record makes rec durable. If it cannot, it returns the error that answers the call as a
 // 503 deny.
 func (s *Server) record(c echo.Context, rec *decisionlog.Record) *apiError {
-	log := s.logger.With().Str("request_id", rec.RequestID).Str("correlation_id", rec.CorrelationID).Str("decision_id", rec.DecisionID).Logger()
 	start := time.Now()
 	err := s.publisher.Publish(c.Request().Context(), rec)
 	s.metrics.recordDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.metrics.logFailures.Inc()
-		log.Error().Err(err).Bool("policy_allow", rec.Allow).Msg("decision not recorded; answering deny")
+		recordIDs(s.logger.Error(), rec).Err(err).Bool("policy_allow", rec.Allow).Msg("decision not recorded; answering deny")
 		e := errorf(CodeDecisionLogUnavailable, "the decision could not be recorded on the decision stream, so it is a deny; retry later")
 		e.denied = &deniedDecision{decisionID: rec.DecisionID, correlationID: rec.CorrelationID}
 		return e
 	}
 	s.recent.put(rec) // no-op for executions
 	s.metrics.decisions.WithLabelValues(rec.Endpoint, rec.Outcome()).Inc()
-	if e := log.Debug(); e.Enabled() {
-		e.Str("endpoint", rec.Endpoint).Str("agent", rec.AgentID()).Str("action", rec.Action.Name).
+	if e := s.logger.Debug(); e.Enabled() {
+		recordIDs(e, rec).Str("endpoint", rec.Endpoint).Str("agent", rec.AgentID()).Str("action", rec.Action.Name).
 			Bool("allow", rec.Allow).Strs("reasons", rec.Reasons).Str("revision", rec.Policy.Revision).Msg("decision")
 	}
 	if rec.Error != "" {
-		log.Warn().Str("policy_error", rec.Error).Msg("policy evaluation failed; denied")
+		recordIDs(s.logger.Warn(), rec).Str("policy_error", rec.Error).Msg("policy evaluation failed; denied")
 	}
 	return nil
+}
+
+// recordIDs adds the IDs that tie a log line to its record. Only lines that are written pay for
+// them: a child logger built for every request cost an allocation on every decision.
+func recordIDs(e *zerolog.Event, rec *decisionlog.Record) *zerolog.Event {
+	return e.Str("request_id", rec.RequestID).Str("correlation_id", rec.CorrelationID).Str("decision_id", rec.DecisionID)
 }
 
 func maskEntity(e pdp.Entity) pdp.Entity {

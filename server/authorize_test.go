@@ -316,6 +316,12 @@ func TestMetricsCountDecisions(t *testing.T) {
 // jetstreamServer serves the API over real HTTP, recording to a real embedded JetStream.
 func jetstreamServer(t testing.TB) (*httptest.Server, jetstream.Stream) {
 	t.Helper()
+	return jetstreamServerWith(t, engine(t))
+}
+
+// jetstreamServerWith serves d over HTTP, recording on a real embedded JetStream.
+func jetstreamServerWith(t testing.TB, d server.Decider, opts ...server.Option) (*httptest.Server, jetstream.Stream) {
+	t.Helper()
 	ns := natstest.Start(t)
 	js, err := jetstream.New(natstest.Connect(t, ns))
 	if err != nil {
@@ -325,7 +331,7 @@ func jetstreamServer(t testing.TB) (*httptest.Server, jetstream.Stream) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(engine(t), custodyjs.NewSink(js), decisionlog.NewIntentHasher(testKey))
+	srv := server.New(d, custodyjs.NewSink(js), decisionlog.NewIntentHasher(testKey), opts...)
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(hs.Close)
 	return hs, stream

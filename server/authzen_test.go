@@ -21,8 +21,6 @@ import (
 
 	"github.com/custodyhq/custody/bundles"
 	"github.com/custodyhq/custody/decisionlog"
-	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
-	"github.com/custodyhq/custody/internal/natstest"
 	"github.com/custodyhq/custody/pdp"
 	"github.com/custodyhq/custody/server"
 )
@@ -145,18 +143,7 @@ type azFixture struct {
 
 func azJetStream(t *testing.T, d server.Decider, opts ...server.Option) *azFixture {
 	t.Helper()
-	ns := natstest.Start(t)
-	js, err := jetstream.New(natstest.Connect(t, ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream, err := custodyjs.EnsureStream(t.Context(), js, custodyjs.StreamConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := server.New(d, custodyjs.NewSink(js), decisionlog.NewIntentHasher(testKey), opts...)
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(hs.Close)
+	hs, stream := jetstreamServerWith(t, d, opts...)
 	return &azFixture{url: hs.URL, client: hs.Client(), stream: stream}
 }
 

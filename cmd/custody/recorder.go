@@ -64,14 +64,19 @@ func ackWindow(embedded bool) int {
 	return 1
 }
 
-func newRecorder(d recorderDeps) (*recorder, error) {
-	mode := d.cfg.recordMode
-	if mode == recordAuto {
-		mode = recordSpool
-		if d.embedded {
-			mode = recordAck
-		}
+// recordModeFor resolves --record-mode: auto is ack with the embedded server, spool otherwise.
+func recordModeFor(mode string, embedded bool) string {
+	if mode != recordAuto {
+		return mode
 	}
+	if embedded {
+		return recordAck
+	}
+	return recordSpool
+}
+
+func newRecorder(d recorderDeps) (*recorder, error) {
+	mode := recordModeFor(d.cfg.recordMode, d.embedded)
 	log := d.logger.With().Str("component", "serve").Logger()
 	switch mode {
 	case recordAck:

@@ -389,7 +389,7 @@ func duplicateWindow(cfg serveConfig, embedded bool) time.Duration {
 	switch {
 	case cfg.duplicateWindow > 0:
 		return cfg.duplicateWindow
-	case embedded && cfg.recordMode != recordSpool:
+	case embedded && recordModeFor(cfg.recordMode, embedded) == recordAck:
 		w := max(embeddedAckDuplicateWindow, 2*cfg.publishTimeout)
 		if cfg.retention > 0 && cfg.retention < w {
 			w = cfg.retention

@@ -1,7 +1,6 @@
 package jetstream_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -140,7 +139,7 @@ func TestWindowedChainSurvivesAForeignWriter(t *testing.T) {
 		t.Fatalf("publish after the foreign writes: %v", err)
 	}
 	acked["o-after"] = true
-	recs := ownChain(t, stream, "inst-o")
+	recs := chainOf(t, stream, "inst-o")
 	checkAnsweredAreStored(t, sink, recs, acked)
 }
 
@@ -176,58 +175,5 @@ func TestWindowedChainRidesOutAServerRestart(t *testing.T) {
 		}
 		return sink.Publish(t.Context(), record(fmt.Sprintf("r-after-%d", time.Now().UnixNano()), true))
 	})
-	checkAnsweredAreStored(t, sink, ownChain(t, stream, "inst-r"), acked)
-}
-
-// ownChain reads instance's records from the stream, skipping other writers' messages, and
-// checks each link.
-func ownChain(t *testing.T, s jetstream.Stream, instance string) []decisionlog.Record {
-	t.Helper()
-	info, err := s.Info(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := s.OrderedConsumer(t.Context(), jetstream.OrderedConsumerConfig{FilterSubjects: []string{"custody.decision.>"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []decisionlog.Record
-	var head decisionlog.ChainHead
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if time.Now().After(deadline) {
-			t.Fatalf("read %d of %s's records, then nothing more for 30 s", len(out), instance)
-		}
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		last := false // an empty fetch on a slow machine is not the end: read on until LastSeq
-		for m := range batch.Messages() {
-			md, err := m.Metadata()
-			if err != nil {
-				t.Fatal(err)
-			}
-			last = md.NumPending == 0 || md.Sequence.Stream >= info.State.LastSeq
-			if m.Headers().Get(custodyjs.HeaderInstance) != instance {
-				continue
-			}
-			var r decisionlog.Record
-			if err := json.Unmarshal(m.Data(), &r); err != nil {
-				t.Fatal(err)
-			}
-			h, err := decisionlog.BodyHash(m.Data())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r.Seq != head.Seq+1 || r.PrevHash != head.Hash || h != r.Hash {
-				t.Fatalf("record seq %d prev %q does not follow head %+v", r.Seq, r.PrevHash, head)
-			}
-			head = decisionlog.ChainHead{Seq: r.Seq, Hash: h}
-			out = append(out, r)
-		}
-		if last || info.State.LastSeq == 0 {
-			return out
-		}
-	}
+	checkAnsweredAreStored(t, sink, chainOf(t, stream, "inst-r"), acked)
 }
