@@ -153,7 +153,7 @@ func TestEveryAnsweredDecisionIsOnTheStream(t *testing.T) {
 	}
 
 	// The tail command reads the same records back, filtered on the server side.
-	out, err := exec.Command(binary, "tail", "--nats-url", c.NATS, "--all", "--json", "--outcome", "deny", "--limit", "40").Output()
+	out, err := exec.Command(binary, "tail", "--nats-url", c.NATS, "--nats-creds", c.Creds, "--all", "--json", "--outcome", "deny", "--limit", "40").Output()
 	if err != nil {
 		t.Fatalf("custody tail: %v", err)
 	}
@@ -163,7 +163,7 @@ func TestEveryAnsweredDecisionIsOnTheStream(t *testing.T) {
 	if strings.Contains(string(out), `"allow":true`) {
 		t.Fatal("tail --outcome deny printed an allow")
 	}
-	out, err = exec.Command(binary, "tail", "--nats-url", c.NATS, "--all", "--correlation-id", "corr-allow-7", "--limit", "1").Output()
+	out, err = exec.Command(binary, "tail", "--nats-url", c.NATS, "--nats-creds", c.Creds, "--all", "--correlation-id", "corr-allow-7", "--limit", "1").Output()
 	if err != nil {
 		t.Fatalf("custody tail: %v", err)
 	}

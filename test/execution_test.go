@@ -28,7 +28,7 @@ func TestExecutionFindsDecisionAfterRestart(t *testing.T) {
 			t.Errorf("correlation %q: status %d violation %q, want %q", tc.corr, st, out.Violation, tc.violation)
 		}
 	}
-	if out, err := runCustody(t, "verify", "--nats-url", c.NATS); err != nil {
+	if out, err := runCustody(t, "verify", "--nats-url", c.NATS, "--nats-creds", c.Creds); err != nil {
 		t.Errorf("verify across the restart: %v\n%s", err, out)
 	}
 }

@@ -50,6 +50,7 @@ type custody struct {
 	HTTP    string // base URL
 	NATS    string
 	DataDir string
+	Creds   string // the reader credential serve wrote into DataDir
 
 	mu     sync.Mutex
 	logs   bytes.Buffer
@@ -95,6 +96,12 @@ func startCustody(t *testing.T, dataDir string, args ...string) *custody {
 	case entry := <-started:
 		c.HTTP = "http://" + entry["http_addr"].(string)
 		c.NATS = entry["nats_url"].(string)
+		// With --nats-url there is no embedded server and no credential: the test's own NATS
+		// server takes anyone.
+		if creds := filepath.Join(dataDir, "nats", "reader.creds"); fileExists(creds) {
+			c.Creds = creds
+			readerCreds.Store(c.NATS, c.Creds)
+		}
 	case <-c.exited:
 		t.Fatalf("custody exited before serving:\n%s", c.Logs())
 	case <-time.After(60 * time.Second):
@@ -177,6 +184,29 @@ type streamMsg struct {
 	Record  decisionlog.Record
 }
 
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// readerCreds maps the NATS URL of each custody started by a test to its reader credential, so
+// that a test reading a stream needs only the URL.
+var readerCreds sync.Map
+
+// connectReader connects to natsURL with the reader credential of the custody serving it, if any.
+func connectReader(t *testing.T, natsURL string) *nats.Conn {
+	t.Helper()
+	var opts []nats.Option
+	if creds, ok := readerCreds.Load(natsURL); ok {
+		opts = append(opts, nats.UserCredentials(creds.(string)))
+	}
+	nc, err := nats.Connect(natsURL, opts...)
+	if err != nil {
+		t.Fatalf("connect to %s: %v", natsURL, err)
+	}
+	return nc
+}
+
 // readStream returns every decision record in the CUSTODY stream, in order. Checkpoints and
 // other record kinds are left out; readAll keeps them.
 func readStream(t *testing.T, natsURL string) []streamMsg {
@@ -193,10 +223,7 @@ func readStream(t *testing.T, natsURL string) []streamMsg {
 // readAll returns every message in the CUSTODY stream, in order.
 func readAll(t *testing.T, natsURL string) []streamMsg {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", natsURL, err)
-	}
+	nc := connectReader(t, natsURL)
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -63,12 +63,15 @@ func TestMCPGateway(t *testing.T) {
 		exercise(t, args, func(*strings.Builder) string { return c.NATS })
 	})
 	t.Run("in-process", func(t *testing.T) {
-		args := append([]string{"mcp", "--data-dir", t.TempDir(), "--nats-listen", "127.0.0.1:0", "--log-level", "info"}, gatewayFlags...)
+		dataDir := t.TempDir()
+		args := append([]string{"mcp", "--data-dir", dataDir, "--nats-listen", "127.0.0.1:0", "--log-level", "info"}, gatewayFlags...)
 		exercise(t, args, func(logs *strings.Builder) string {
 			for line := range strings.Lines(logs.String()) {
 				var e map[string]any
 				if json.Unmarshal([]byte(line), &e) == nil && e["message"] == "custody serving" {
-					return e["nats_url"].(string)
+					url := e["nats_url"].(string)
+					readerCreds.Store(url, filepath.Join(dataDir, "nats", "reader.creds"))
+					return url
 				}
 			}
 			t.Fatalf("no serving line in:\n%s", logs)

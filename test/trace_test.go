@@ -179,7 +179,7 @@ func TestTraceAndCorrelate(t *testing.T) {
 	}
 
 	// The graph, node by node.
-	out, err := runCustody(t, "trace", workflowCorr, "--nats-url", c.NATS, "--format", "json")
+	out, err := runCustody(t, "trace", workflowCorr, "--nats-url", c.NATS, "--nats-creds", c.Creds, "--format", "json")
 	if err != nil {
 		t.Fatalf("trace: %v\n%s", err, out)
 	}
@@ -241,7 +241,7 @@ func TestTraceAndCorrelate(t *testing.T) {
 		}
 	}
 	for _, format := range []string{"text", "dot", "mermaid"} {
-		out, err := runCustody(t, "trace", "--nats-url", c.NATS, "--format", format, workflowCorr)
+		out, err := runCustody(t, "trace", "--nats-url", c.NATS, "--nats-creds", c.Creds, "--format", format, workflowCorr)
 		if err != nil || !strings.Contains(out, got["pay"].DecisionID) {
 			t.Errorf("trace --format %s: %v\n%s", format, err, out)
 		}
@@ -273,7 +273,7 @@ func TestTraceAndCorrelate(t *testing.T) {
 	if err := os.WriteFile(logFile, log.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binary, "correlate", "--nats-url", c.NATS, "--system-log", logFile, "--json")
+	cmd := exec.Command(binary, "correlate", "--nats-url", c.NATS, "--nats-creds", c.Creds, "--system-log", logFile, "--json")
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	err = cmd.Run()
@@ -306,11 +306,11 @@ func TestTraceAndCorrelate(t *testing.T) {
 	if s := res.Summary; s.Lines != 10 || s.Attributed != 3 || s.Unattributed != 2 || s.Contradicted != 5 {
 		t.Errorf("summary %+v", s)
 	}
-	text, _ := runCustody(t, "correlate", "--nats-url", c.NATS, "--system-log", logFile)
+	text, _ := runCustody(t, "correlate", "--nats-url", c.NATS, "--nats-creds", c.Creds, "--system-log", logFile)
 	t.Logf("custody correlate:\n%s", text)
 
 	// Executions are chained with the decisions: the stream still verifies.
-	if out, err := runCustody(t, "verify", "--nats-url", c.NATS); err != nil {
+	if out, err := runCustody(t, "verify", "--nats-url", c.NATS, "--nats-creds", c.Creds); err != nil {
 		t.Errorf("verify with executions on the stream: %v\n%s", err, out)
 	}
 }

@@ -58,11 +58,11 @@ func TestChainVerifiesAcrossCrashAndCatchesTampering(t *testing.T) {
 	c.Stop(t)
 	c = startCustody(t, dir)
 	natsURL = c.NATS
-	if out, err := runCustody(t, "verify", "--nats-url", natsURL, "--pubkey", pubkey, "--require-signed"); err != nil {
+	if out, err := runCustody(t, "verify", "--nats-url", natsURL, "--data-dir", dir, "--pubkey", pubkey, "--require-signed"); err != nil {
 		t.Fatalf("verify of the live stream failed: %v\n%s", err, out)
 	}
 	export := filepath.Join(t.TempDir(), "export.jsonl")
-	if out, err := runCustody(t, "export", "--nats-url", natsURL, "--out", export); err != nil {
+	if out, err := runCustody(t, "export", "--nats-url", natsURL, "--data-dir", dir, "--out", export); err != nil {
 		t.Fatalf("export: %v\n%s", err, out)
 	}
 	if out, err := runCustody(t, "verify", "--file", export, "--pubkey", pubkey, "--require-signed"); err != nil {

@@ -134,6 +134,9 @@ func runKeys(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "api key (give it to the caller; custody keeps only its hash):\n  %s\nline for --api-keys-file:\n  %s\n", key, line)
 		return nil
 	}
+	if len(args) > 0 && args[0] == "nats-creds" {
+		return runNATSCreds(args[1:], stdout, stderr)
+	}
 	fs := newFlagSet("keys", stderr)
 	var dataDir, signingKey string
 	fs.StringVar(&dataDir, "data-dir", DefaultDataDir, "the data dir of the custody serve instance")

@@ -36,6 +36,8 @@ func runCorrelate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	)
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
 	fs.StringVar(&creds, "nats-creds", "", "NATS credentials file")
+	var dataDir string
+	readerCredsFlags(fs, &dataDir)
 	fs.Var(&logs, "system-log", "a downstream system's JSON-lines log (`file`); repeat for several")
 	fs.BoolVar(&asJSON, "json", false, "print {\"lines\": [...], \"summary\": {...}}")
 	fs.DurationVar(&ttl, "receipt-ttl", receipt.DefaultTTL, "how long a decision explains an action (serve's --receipt-ttl)")
@@ -46,6 +48,10 @@ func runCorrelate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.StringVar(&f.Resource, "resource-field", f.Resource, "field holding the resource ID (or type/id)")
 	fs.StringVar(&f.Time, "time-field", f.Time, "field holding when the action was done, RFC 3339")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var err error
+	if creds, err = readerCreds(fs, creds, dataDir); err != nil {
 		return err
 	}
 	if len(logs) == 0 {

@@ -31,10 +31,16 @@ func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var natsURL, creds, since, corr, out string
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
 	fs.StringVar(&creds, "nats-creds", "", "NATS credentials `file`")
+	var dataDir string
+	readerCredsFlags(fs, &dataDir)
 	fs.StringVar(&since, "since", "", "start at this `time`: a duration ago such as 24h, or an RFC 3339 time (default: the first message)")
 	fs.StringVar(&corr, "correlation-id", "", "only the decision records of this correlation `id` (such an export cannot be chain-verified)")
 	fs.StringVar(&out, "out", "", "write to this `file` instead of standard output")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var err error
+	if creds, err = readerCreds(fs, creds, dataDir); err != nil {
 		return err
 	}
 	start, err := parseSince(since, time.Now())

@@ -52,7 +52,8 @@ commands:
   correlate 'custody correlate --system-log FILE': join downstream system logs to decisions
   bundle   'custody bundle push FILE': roll a policy bundle out to every 'serve --bundle-source nats'
   mcp      an MCP gateway: every upstream tools/call goes through the PDP first
-  keys     print the checkpoint verifier key; 'custody keys api-key NAME' makes an API key
+  keys     print the checkpoint verifier key; 'custody keys api-key NAME' makes an API key;
+           'custody keys nats-creds --role bundle-pusher --out FILE' a credential for the embedded NATS
   version  print the version
 
 Run 'custody <command> -h' for a command's flags.

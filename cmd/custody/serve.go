@@ -26,6 +26,7 @@ import (
 	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
 	"github.com/custodyhq/custody/decisionlog/spool"
 	"github.com/custodyhq/custody/internal/embeddednats"
+	"github.com/custodyhq/custody/internal/natsauth"
 	"github.com/custodyhq/custody/pdp"
 	custodyhttp "github.com/custodyhq/custody/server"
 )
@@ -56,6 +57,7 @@ type serveConfig struct {
 	retention          time.Duration
 	streamMaxBytes     int64
 	streamReplicas     int
+	streamApplyConfig  bool
 	duplicateWindow    time.Duration
 	publishTimeout     time.Duration
 	intentKeyFile      string
@@ -81,7 +83,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.configFile, "config", "", "YAML file of flag settings (`path`); flags and CUSTODY_* variables override it")
 	fs.StringVar(&c.addr, "addr", DefaultAddr, "HTTP listen address, `host:port` (port 0 picks a free one)")
 	fs.StringVar(&c.dataDir, "data-dir", DefaultDataDir, "directory for JetStream storage, keys and the instance ID")
-	fs.StringVar(&c.natsListen, "nats-listen", DefaultNATSListen, "embedded NATS client address, `host:port` (port 0 picks a free one)")
+	fs.StringVar(&c.natsListen, "nats-listen", DefaultNATSListen, "embedded NATS client address, `host:port` (port 0 picks a free one), or none for in-process only; clients need a credential (DATA/nats/reader.creds reads the stream)")
 	fs.StringVar(&c.natsURL, "nats-url", "", "use this external NATS server or cluster (`url`) instead of the embedded one")
 	fs.StringVar(&c.natsCreds, "nats-creds", "", "NATS credentials file for --nats-url")
 	fs.StringVar(&c.policies, "policies", "", "policy set: a directory of .rego and data files, or an OPA bundle .tar.gz (default: the embedded policies)")
@@ -91,6 +93,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.retention, "retention", 0, "how long the stream keeps decisions; 0 keeps them forever")
 	fs.Int64Var(&c.streamMaxBytes, "stream-max-bytes", -1, "stream size bound; when full, new decisions are refused (503 deny), never old ones evicted; -1 is unlimited")
 	fs.IntVar(&c.streamReplicas, "stream-replicas", custodyjs.DefaultReplicas, "stream replicas in a JetStream cluster")
+	fs.BoolVar(&c.streamApplyConfig, "stream-apply-config", false, "change an existing CUSTODY stream to this instance's --retention, --stream-max-bytes, --stream-replicas and --duplicate-window; without it, serve refuses to start when they differ (shrinking retention deletes history)")
 	fs.DurationVar(&c.duplicateWindow, "duplicate-window", 0, "how long JetStream remembers a record's Nats-Msg-Id to drop a replay (default: 10s, at least twice --publish-timeout, for the embedded server in ack mode; else 2m)")
 	fs.DurationVar(&c.publishTimeout, "publish-timeout", custodyjs.DefaultPublishTimeout, "how long to wait for JetStream to ack a decision before answering 503 deny")
 	fs.StringVar(&c.intentKeyFile, "intent-key-file", "", "HMAC key for task intents, hex (default: generated into the data dir)")
@@ -115,7 +118,7 @@ func (c *serveConfig) Validate() error {
 	if _, _, err := net.SplitHostPort(c.addr); err != nil {
 		return fmt.Errorf("--addr %q: %w", c.addr, err)
 	}
-	if c.natsURL == "" {
+	if c.natsURL == "" && c.natsListen != embeddednats.ListenNone {
 		if _, _, err := net.SplitHostPort(c.natsListen); err != nil {
 			return fmt.Errorf("--nats-listen %q: %w", c.natsListen, err)
 		}
@@ -223,29 +226,18 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 	syncAlways, syncInterval, _ := parseNATSSync(cfg.natsSync)
 	natsURL := cfg.natsURL
 	var ns *server.Server
+	var own []nats.Option
 	if natsURL == "" {
-		ns, err = embeddednats.Start(embeddednats.Config{
-			Listen:       cfg.natsListen,
-			StoreDir:     filepath.Join(cfg.dataDir, "jetstream"),
-			ServerName:   "custody-" + instanceID,
-			SyncAlways:   syncAlways,
-			SyncInterval: syncInterval,
-			Logger:       &logger,
-		})
+		var readerCreds string
+		ns, own, readerCreds, err = startEmbedded(cfg, instanceID, syncAlways, syncInterval, logger)
 		if err != nil {
-			return fmt.Errorf("serve: %w", err)
+			return err
 		}
 		defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 		natsURL = ns.ClientURL()
+		log.Info().Str("reader_creds", readerCreds).Msg("embedded NATS requires credentials; readers use this file")
 	}
-	var viaMemory []nats.Option
-	if ns != nil {
-		// The embedded server is reached through an in-memory pipe, not loopback TCP: every
-		// record crosses this connection twice (publish and ack), and the socket syscalls were a
-		// visible share of a decision's CPU. Other clients (nats CLI, tail) still use the port.
-		viaMemory = append(viaMemory, nats.InProcessServer(ns))
-	}
-	nc, err := connectNATS(natsURL, cfg.natsCreds, "custody serve "+instanceID, log, viaMemory...)
+	nc, err := connectNATS(natsURL, cfg.natsCreds, "custody serve "+instanceID, log, own...)
 	if err != nil {
 		return err
 	}
@@ -258,16 +250,18 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		return fmt.Errorf("serve: jetstream: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	stream, err := custodyjs.EnsureStream(sctx, js, custodyjs.StreamConfig{
-		Retention:       cfg.retention,
-		MaxBytes:        cfg.streamMaxBytes,
-		Replicas:        cfg.streamReplicas,
-		DuplicateWindow: duplicateWindow(cfg, ns != nil),
-	})
+	stream, err := ensureStream(sctx, js, cfg, ns != nil)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
+	// From here on the stream must stay the one just checked; the guard makes every answer a 503
+	// deny and /readyz fail the moment it is deleted, recreated or weakened.
+	guard := custodyjs.NewGuard(stream, custodyjs.WithGuardLogger(log))
+	gctx, stopGuard := context.WithCancel(ctx)
+	defer stopGuard()
+	go guard.Run(gctx)
+	js = guard.JetStream(js)
 	signer, _, err := loadSigningKey(cfg.dataDir, cfg.signingKey, instanceID)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -302,6 +296,16 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 	authOpts = append(authOpts, receiptOpts...)
 	reg := prometheus.NewRegistry()
 	rec.register(reg)
+	rec.publisher = guard.Publisher(rec.publisher)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "custody_stream_changed",
+		Help: "1 once the CUSTODY stream was deleted, recreated or weakened under this instance (every answer is then a 503 deny).",
+	}, func() float64 {
+		if guard.Tripped() {
+			return 1
+		}
+		return 0
+	}))
 	api := custodyhttp.New(engine, rec.publisher, decisionlog.NewIntentHasher(intentKey), append(authOpts,
 		custodyhttp.WithLogger(logger),
 		custodyhttp.WithInstance(decisionlog.Instance{Instance: instanceID, Version: version()}),
@@ -316,6 +320,7 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 			return nil
 		}),
 		custodyhttp.WithReadyCheck("decision_log", rec.ready),
+		custodyhttp.WithReadyCheck("stream", func(context.Context) error { return guard.Err() }),
 	)...)
 
 	ln, err := net.Listen("tcp", cfg.addr)
@@ -345,7 +350,7 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		Str("http_addr", ln.Addr().String()).
 		Bool("tls", tlsConfig != nil).
 		Bool("require_auth", cfg.auth.requireAuth).
-		Str("nats_url", natsURL).
+		Str("nats_url", loggedNATSURL(cfg, natsURL)).
 		Bool("nats_embedded", ns != nil).
 		Str("policy_revision", engine.Policy().Revision).
 		Str("record_mode", rec.mode).
@@ -376,6 +381,79 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 	}
 	log.Info().Msg("stopped")
 	return err
+}
+
+// loggedNATSURL is the NATS address serve reports: none when the embedded server opens no port.
+func loggedNATSURL(cfg serveConfig, url string) string {
+	if cfg.natsURL == "" && cfg.natsListen == embeddednats.ListenNone {
+		return embeddednats.ListenNone
+	}
+	return redactURL(url)
+}
+
+// startEmbedded runs the embedded server in operator mode, with the keys and the reader
+// credential under DATA/nats, and returns the options of custody's own connection: in process,
+// with a service credential minted in memory, and an inbox prefix readers cannot subscribe to.
+func startEmbedded(cfg serveConfig, instanceID string, syncAlways bool, syncInterval time.Duration, logger zerolog.Logger) (*server.Server, []nats.Option, string, error) {
+	keysDir := filepath.Join(cfg.dataDir, "nats")
+	trust, err := natsauth.LoadOrCreate(keysDir)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("serve: %w", err)
+	}
+	readerCreds, err := trust.EnsureReaderCreds(keysDir)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("serve: %w", err)
+	}
+	creds, err := trust.Creds(natsauth.RoleService, "custody serve "+instanceID)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("serve: %w", err)
+	}
+	userJWT, seed, err := natsauth.JWTAndSeed(creds)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("serve: %w", err)
+	}
+	ns, err := embeddednats.Start(embeddednats.Config{
+		Listen:       cfg.natsListen,
+		StoreDir:     filepath.Join(cfg.dataDir, "jetstream"),
+		ServerName:   "custody-" + instanceID,
+		SyncAlways:   syncAlways,
+		SyncInterval: syncInterval,
+		Logger:       &logger,
+		Accounts:     trust,
+	})
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("serve: %w", err)
+	}
+	return ns, []nats.Option{
+		// The embedded server is reached through an in-memory pipe, not loopback TCP: every
+		// record crosses this connection twice (publish and ack), and the socket syscalls were a
+		// visible share of a decision's CPU. Other clients (nats CLI, tail) use the port.
+		nats.InProcessServer(ns),
+		nats.UserJWTAndSeed(userJWT, seed),
+		nats.CustomInboxPrefix(natsauth.ServiceInboxPrefix),
+	}, readerCreds, nil
+}
+
+// ensureStream creates the CUSTODY stream or checks the existing one against this instance's
+// settings, and changes an existing stream only with --stream-apply-config. A duplicate window
+// that was not set explicitly is whatever the stream already has.
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg serveConfig, embedded bool) (jetstream.Stream, error) {
+	sc := custodyjs.StreamConfig{
+		Retention:           cfg.retention,
+		MaxBytes:            cfg.streamMaxBytes,
+		Replicas:            cfg.streamReplicas,
+		DuplicateWindow:     duplicateWindow(cfg, embedded),
+		KeepDuplicateWindow: cfg.duplicateWindow == 0,
+	}
+	if cfg.streamApplyConfig {
+		return custodyjs.ApplyStreamConfig(ctx, js, sc)
+	}
+	s, err := custodyjs.EnsureStream(ctx, js, sc)
+	var mismatch *custodyjs.ConfigMismatchError
+	if errors.As(err, &mismatch) {
+		return nil, fmt.Errorf("%w; start with the stream's settings, or with --stream-apply-config to change the stream (every instance of a fleet must agree)", err)
+	}
+	return s, err
 }
 
 // embeddedAckDuplicateWindow is the stream's duplicate window for the embedded server in ack

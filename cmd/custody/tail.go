@@ -24,6 +24,8 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	)
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
 	fs.StringVar(&creds, "nats-creds", "", "NATS credentials file")
+	var dataDir string
+	readerCredsFlags(fs, &dataDir)
 	fs.StringVar(&outcome, "outcome", "", "only allow or deny")
 	fs.StringVar(&agent, "agent", "", "only this agent ID")
 	fs.StringVar(&tool, "tool", "", "only this tool (action) name")
@@ -33,6 +35,10 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&since, "since", "", "start from decisions this long ago, such as 10m")
 	fs.IntVar(&limit, "limit", 0, "stop after this many decisions (0: follow until interrupted)")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var err error
+	if creds, err = readerCreds(fs, creds, dataDir); err != nil {
 		return err
 	}
 	if outcome != "" && outcome != "allow" && outcome != "deny" {

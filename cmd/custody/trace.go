@@ -18,6 +18,8 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var natsURL, creds, format string
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
 	fs.StringVar(&creds, "nats-creds", "", "NATS credentials file")
+	var dataDir string
+	readerCredsFlags(fs, &dataDir)
 	fs.StringVar(&format, "format", "text", "text (an indented tree), json, dot or mermaid")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: custody trace [flags] <correlation-id>")
@@ -25,6 +27,10 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	// Flags may come before or after the correlation ID.
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var err error
+	if creds, err = readerCreds(fs, creds, dataDir); err != nil {
 		return err
 	}
 	var rest []string

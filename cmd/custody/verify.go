@@ -33,10 +33,16 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	)
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url` whose CUSTODY stream to verify")
 	fs.StringVar(&creds, "nats-creds", "", "NATS credentials `file`")
+	var dataDir string
+	readerCredsFlags(fs, &dataDir)
 	fs.StringVar(&file, "file", "", "verify this export `file` (from custody export; - for standard input) instead of the live stream")
 	fs.Var(&pubkeys, "pubkey", "checkpoint verifier `key` as custody keys prints it, or @file with one key per line; repeatable")
 	fs.BoolVar(&requireSigned, "require-signed", false, "also fail unless every instance with chained records has a checkpoint verified by a --pubkey")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var err error
+	if creds, err = readerCreds(fs, creds, dataDir); err != nil {
 		return err
 	}
 	verifiers, err := loadVerifiers(pubkeys)

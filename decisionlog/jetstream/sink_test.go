@@ -50,10 +50,10 @@ func setup(t *testing.T, cfg custodyjs.StreamConfig) (jetstream.JetStream, jetst
 }
 
 func TestEnsureStreamIsIdempotentAndProtective(t *testing.T) {
-	js, _ := setup(t, custodyjs.StreamConfig{Retention: time.Hour})
-	s, err := custodyjs.EnsureStream(t.Context(), js, custodyjs.StreamConfig{Retention: 2 * time.Hour})
+	js, first := setup(t, custodyjs.StreamConfig{Retention: time.Hour})
+	s, err := custodyjs.EnsureStream(t.Context(), js, custodyjs.StreamConfig{Retention: time.Hour})
 	if err != nil {
-		t.Fatalf("second EnsureStream: %v", err)
+		t.Fatalf("second EnsureStream with the same settings: %v", err)
 	}
 	info, err := s.Info(t.Context())
 	if err != nil {
@@ -62,9 +62,12 @@ func TestEnsureStreamIsIdempotentAndProtective(t *testing.T) {
 	c := info.Config
 	got := fmt.Sprintf("subjects=%v storage=%v discard=%v deny_delete=%v deny_purge=%v max_age=%v",
 		c.Subjects, c.Storage, c.Discard, c.DenyDelete, c.DenyPurge, c.MaxAge)
-	want := "subjects=[custody.>] storage=File discard=DiscardNew deny_delete=true deny_purge=true max_age=2h0m0s"
+	want := "subjects=[custody.>] storage=File discard=DiscardNew deny_delete=true deny_purge=true max_age=1h0m0s"
 	if got != want {
 		t.Fatalf("stream config:\n got %s\nwant %s", got, want)
+	}
+	if !info.Created.Equal(first.CachedInfo().Created) {
+		t.Fatal("EnsureStream recreated an existing stream")
 	}
 	if err := s.Purge(t.Context()); err == nil {
 		t.Fatal("purge succeeded on a deny-purge stream")

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -15,7 +17,8 @@ import (
 
 // Config says where the embedded server listens and stores.
 type Config struct {
-	// Listen is the client address, HOST:PORT; port 0 picks a free port.
+	// Listen is the client address, HOST:PORT; port 0 picks a free port. ListenNone serves
+	// in-process connections only.
 	Listen string
 	// StoreDir holds JetStream's files.
 	StoreDir string
@@ -27,7 +30,24 @@ type Config struct {
 	SyncAlways   bool
 	// Logger receives the server's log; the default discards it.
 	Logger *zerolog.Logger
+	// Accounts, when set, makes the server trust only its operator: every client, on TCP or in
+	// process, needs a user credential of its account. Unset (tests only), anyone may connect.
+	Accounts Accounts
 }
+
+// Accounts configures operator-mode authentication on the server's options and names the account
+// that holds the CUSTODY stream. natsauth.Trust implements it.
+type Accounts interface {
+	Configure(opts *server.Options) error
+	Account() string
+}
+
+// ListenNone is the Listen value that opens no TCP port.
+const ListenNone = "none"
+
+// globalAccount is the account of a server without authentication, and the name of its
+// JetStream storage directory.
+const globalAccount = "$G"
 
 // ReadyTimeout bounds the wait for the server to accept clients.
 const ReadyTimeout = 10 * time.Second
@@ -35,16 +55,26 @@ const ReadyTimeout = 10 * time.Second
 // Start runs a server and returns once it accepts clients. Stop it with Shutdown and
 // WaitForShutdown.
 func Start(cfg Config) (*server.Server, error) {
-	host, portStr, err := net.SplitHostPort(cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("embeddednats: listen address %q: %w", cfg.Listen, err)
-	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil || port < 0 || port > 65535 {
-		return nil, fmt.Errorf("embeddednats: listen address %q: bad port", cfg.Listen)
-	}
-	if port == 0 {
-		port = server.RANDOM_PORT // nats-server reads 0 as "the default port", not "any free port"
+	host, port, dontListen := "127.0.0.1", server.RANDOM_PORT, cfg.Listen == ListenNone
+	if !dontListen {
+		h, portStr, err := net.SplitHostPort(cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("embeddednats: listen address %q: %w", cfg.Listen, err)
+		}
+		p, err := strconv.Atoi(portStr)
+		if err != nil || p < 0 || p > 65535 {
+			return nil, fmt.Errorf("embeddednats: listen address %q: bad port", cfg.Listen)
+		}
+		if p == 0 {
+			p = server.RANDOM_PORT // nats-server reads 0 as "the default port", not "any free port"
+		}
+		host, port = h, p
+		// nats-server reports a port in use only as "not ready" after ReadyTimeout; say so at once.
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(max(p, 0))))
+		if err != nil {
+			return nil, fmt.Errorf("embeddednats: listen on %s: %w", cfg.Listen, err)
+		}
+		ln.Close()
 	}
 	if cfg.StoreDir == "" {
 		return nil, errors.New("embeddednats: store dir is required")
@@ -53,12 +83,21 @@ func Start(cfg Config) (*server.Server, error) {
 		ServerName:   cfg.ServerName,
 		Host:         host,
 		Port:         port,
+		DontListen:   dontListen,
 		JetStream:    true,
 		StoreDir:     cfg.StoreDir,
 		NoSigs:       true, // custody owns signal handling
 		HTTPPort:     0,
 		SyncInterval: cfg.SyncInterval,
 		SyncAlways:   cfg.SyncAlways,
+	}
+	if cfg.Accounts != nil {
+		if err := cfg.Accounts.Configure(opts); err != nil {
+			return nil, fmt.Errorf("embeddednats: %w", err)
+		}
+		if err := adoptGlobalStore(cfg.StoreDir, cfg.Accounts.Account()); err != nil {
+			return nil, err
+		}
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -84,3 +123,21 @@ func (a logAdapter) Fatalf(format string, v ...any)  { a.l.Error().Msgf(format, 
 func (a logAdapter) Errorf(format string, v ...any)  { a.l.Error().Msgf(format, v...) }
 func (a logAdapter) Debugf(format string, v ...any)  { a.l.Debug().Msgf(format, v...) }
 func (a logAdapter) Tracef(format string, v ...any)  { a.l.Trace().Msgf(format, v...) }
+
+// adoptGlobalStore moves the JetStream files of a data dir written without authentication (the
+// "$G" account) to the CUSTODY account, so that an upgrade keeps its stream. It does nothing
+// once the account has its own directory.
+func adoptGlobalStore(storeDir, account string) error {
+	root := filepath.Join(storeDir, server.JetStreamStoreDir)
+	from, to := filepath.Join(root, globalAccount), filepath.Join(root, account)
+	if _, err := os.Stat(from); err != nil {
+		return nil // nothing written without authentication
+	}
+	if _, err := os.Stat(to); err == nil {
+		return nil
+	}
+	if err := os.Rename(from, to); err != nil {
+		return fmt.Errorf("embeddednats: move unauthenticated store to account %s: %w", account, err)
+	}
+	return nil
+}
