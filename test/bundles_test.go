@@ -303,11 +303,14 @@ func TestFleetFollowsObjectStore(t *testing.T) {
 	url := ns.ClientURL()
 	key := bundletest.RSAKey(t)
 	dir := t.TempDir()
+	serial := uint64(0)
 	file := func(name, rev string, sign bool, edit func(map[string]any)) string {
 		b := bundletest.FromFS(t, policies.FS, rev)
 		if edit != nil {
 			edit(b.Data)
 		}
+		serial++
+		bundletest.SetSerial(&b, serial) // the order signed bundles are served in
 		if sign {
 			bundletest.Sign(t, &b, key, "default", "")
 		}
