@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/open-policy-agent/opa/v1/bundle"
+	"github.com/open-policy-agent/opa/v1/compile"
 
 	"github.com/custodyhq/custody/bundles"
 	"github.com/custodyhq/custody/internal/bundletest"
@@ -184,5 +185,32 @@ func TestLedgerFile(t *testing.T) {
 	}
 	if _, ok := l.Highest(); ok {
 		t.Fatal("a bundle that could not be recorded counts as accepted")
+	}
+}
+
+// TestOPABuildKeepsSerial builds a directory whose .manifest carries a serial the way
+// `opa build -b DIR --signing-key KEY --revision R` does (OPA's compile package, the code
+// behind it) and reads the serial back from the verified tarball: the documented workflow.
+func TestOPABuildKeepsSerial(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "authz.rego"), policyRego("built"))
+	write(t, filepath.Join(dir, ".manifest"), `{"roots": ["custody"], "metadata": {"custody_serial": 7}}`)
+	key := bundletest.RSAKey(t)
+	var out bytes.Buffer
+	c := compile.New().WithAsBundle(true).WithPaths(dir).WithRevision("2026-06-01.1").WithOutput(&out).
+		WithBundleSigningConfig(bundle.NewSigningConfig(key.Signing, key.Alg, ""))
+	if err := c.Build(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	vc, err := (&bundles.VerifyConfig{Key: key.Verify}).Verification()
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := bundles.Read(&out, "built", bundles.WithVerification(vc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := bundles.Serial(set.Bundle); n != 7 || err != nil || set.Revision != "2026-06-01.1" {
+		t.Fatalf("built bundle: serial %d, %v, revision %q; want 7 and 2026-06-01.1", n, err, set.Revision)
 	}
 }
