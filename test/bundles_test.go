@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -513,10 +514,21 @@ func TestPolicyCannotBeReplacedByANATSWriter(t *testing.T) {
 	if !strings.Contains(out, "--bundle-verification-key") || !strings.Contains(out, "--insecure-unsigned-bundles") {
 		t.Errorf("serve --bundle-source nats without a key said %q; want it to name --bundle-verification-key and --insecure-unsigned-bundles", out)
 	}
-	insecure := startCustody(t, "", "--nats-url", url, "--bundle-source", "nats", "--insecure-unsigned-bundles")
+	insecure := startCustody(t, "", "--nats-url", url, "--bundle-source", "nats", "--bundle-bucket", "insecure", "--insecure-unsigned-bundles")
 	if !strings.Contains(insecure.Logs(), "--insecure-unsigned-bundles") {
 		t.Errorf("serve --insecure-unsigned-bundles did not warn at start:\n%s", insecure.Logs())
 	}
+	if out, err := exec.Command(binary, "bundle", "push", unsigned, "--nats-url", url, "--bucket", "insecure").CombinedOutput(); err != nil {
+		t.Fatalf("push to the insecure bucket: %v\n%s", err, out)
+	}
+	natstest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		for _, line := range strings.Split(insecure.Logs(), "\n") {
+			if strings.Contains(line, `"revision":"evil-1"`) && strings.Contains(line, `"level":"warn"`) && strings.Contains(line, "--insecure-unsigned-bundles") {
+				return nil
+			}
+		}
+		return errors.New("no warning naming --insecure-unsigned-bundles when the unsigned evil-1 was loaded")
+	})
 	insecure.Stop(t)
 
 	client := &http.Client{Timeout: 30 * time.Second}
