@@ -44,6 +44,8 @@ type Status struct {
 	// Reloads counts policy sets swapped in after the first; Failures counts those refused.
 	Reloads  uint64 `json:"reloads"`
 	Failures uint64 `json:"failures"`
+	// Rollbacks counts the refused sets the Ledger refused (ErrRollback), among Failures.
+	Rollbacks uint64 `json:"rollbacks"`
 }
 
 // Reloader hands policy sets to a Loader one at a time and keeps the Status. Sources, the
@@ -52,6 +54,7 @@ type Reloader struct {
 	loader Loader
 	logger zerolog.Logger
 	now    func() time.Time
+	ledger *Ledger // nil: no order is kept
 
 	applyMu sync.Mutex // one load at a time, in the order sources hand them over
 	ident   string     // identity of the set serving, guarded by applyMu
@@ -68,6 +71,11 @@ func WithLogger(l zerolog.Logger) ReloaderOption { return func(r *Reloader) { r.
 
 // WithClock sets the clock that stamps loads and failures.
 func WithClock(now func() time.Time) ReloaderOption { return func(r *Reloader) { r.now = now } }
+
+// WithLedger makes the Reloader admit every policy set through l before loading it, refusing
+// any that is not newer than those served (see Ledger). Give it only with signature
+// verification: the order of unsigned bundles is whatever their writer says.
+func WithLedger(l *Ledger) ReloaderOption { return func(r *Reloader) { r.ledger = l } }
 
 // NewReloader returns a Reloader that loads into loader.
 func NewReloader(loader Loader, opts ...ReloaderOption) *Reloader {
@@ -93,6 +101,12 @@ func (r *Reloader) Apply(ctx context.Context, set pdp.PolicySet) (bool, error) {
 	if id == r.ident {
 		r.logger.Debug().Str("revision", set.Revision).Str("source", set.Source).Msg("policy set unchanged")
 		return false, nil
+	}
+	if r.ledger != nil {
+		if err := r.ledger.Admit(set, r.now()); err != nil {
+			r.fail(set.Source, err)
+			return false, err
+		}
 	}
 	if err := r.loader.Load(ctx, set); err != nil {
 		r.fail(set.Source, err)
@@ -123,9 +137,13 @@ func (r *Reloader) fail(source string, err error) {
 	r.mu.Lock()
 	r.status.LastError, r.status.LastErrorAt = err.Error(), r.now().UTC()
 	r.status.Failures++
+	rollback := errors.Is(err, ErrRollback)
+	if rollback {
+		r.status.Rollbacks++
+	}
 	serving := r.status.Revision
 	r.mu.Unlock()
-	r.logger.Error().Err(err).Str("source", source).Str("serving_revision", serving).Msg("policy set refused")
+	r.logger.Error().Err(err).Str("source", source).Str("serving_revision", serving).Bool("rollback", rollback).Msg("policy set refused")
 }
 
 // Status returns the current status.

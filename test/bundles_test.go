@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -15,6 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/custodyhq/custody/bundles/natsobj"
 	"github.com/custodyhq/custody/internal/bundletest"
 	"github.com/custodyhq/custody/internal/natstest"
 	"github.com/custodyhq/custody/policies"
@@ -299,11 +304,14 @@ func TestFleetFollowsObjectStore(t *testing.T) {
 	url := ns.ClientURL()
 	key := bundletest.RSAKey(t)
 	dir := t.TempDir()
+	serial := uint64(0)
 	file := func(name, rev string, sign bool, edit func(map[string]any)) string {
 		b := bundletest.FromFS(t, policies.FS, rev)
 		if edit != nil {
 			edit(b.Data)
 		}
+		serial++
+		bundletest.SetSerial(&b, serial) // the order signed bundles are served in
 		if sign {
 			bundletest.Sign(t, &b, key, "default", "")
 		}
@@ -468,4 +476,152 @@ func TestEvalCommand(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPolicyCannotBeReplacedByANATSWriter is the attack of issue 12.5: whoever can write the
+// bundle bucket tries to change the policy. serve refuses to run on unsigned bundles unless told
+// so loudly; an instance requiring signatures refuses an unsigned allow-all bundle, one signed
+// with another key, and an older signed bundle pushed again, and a restart does not let that
+// older bundle in either.
+func TestPolicyCannotBeReplacedByANATSWriter(t *testing.T) {
+	ns := natstest.Start(t)
+	url := ns.ClientURL()
+	key, wrong := bundletest.RSAKey(t), bundletest.RSAKey(t)
+	dir := t.TempDir()
+	file := func(name, rev string, serial uint64, k *bundletest.Key, allowAll bool) string {
+		b := bundletest.FromFS(t, policies.FS, rev)
+		if allowAll {
+			b = bundletest.New(t, rev, nil, map[string]string{"authz.rego": "package custody.authz\n\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {}}\n"}, nil)
+		}
+		if serial > 0 {
+			bundletest.SetSerial(&b, serial)
+		}
+		if k != nil {
+			bundletest.Sign(t, &b, *k, "default", "")
+		}
+		path := filepath.Join(dir, name)
+		bundletest.Write(t, b, path)
+		return path
+	}
+	v1 := file("v1.tar.gz", "guard-1", 1, &key, false)
+	v2 := file("v2.tar.gz", "guard-2", 2, &key, false)
+	v3 := file("v3.tar.gz", "guard-3", 3, &key, false)
+	unsigned := file("evil-unsigned.tar.gz", "evil-1", 9, nil, true)
+	forged := file("evil-forged.tar.gz", "evil-2", 9, &wrong, true)
+
+	// No key: no start, unless the operator says, by name, that anyone may replace the policy.
+	out := refused(t, "", "serve", "--addr", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--nats-url", url, "--bundle-source", "nats")
+	if !strings.Contains(out, "--bundle-verification-key") || !strings.Contains(out, "--insecure-unsigned-bundles") {
+		t.Errorf("serve --bundle-source nats without a key said %q; want it to name --bundle-verification-key and --insecure-unsigned-bundles", out)
+	}
+	insecure := startCustody(t, "", "--nats-url", url, "--bundle-source", "nats", "--bundle-bucket", "insecure", "--insecure-unsigned-bundles")
+	if !strings.Contains(insecure.Logs(), "--insecure-unsigned-bundles") {
+		t.Errorf("serve --insecure-unsigned-bundles did not warn at start:\n%s", insecure.Logs())
+	}
+	if out, err := exec.Command(binary, "bundle", "push", unsigned, "--nats-url", url, "--bucket", "insecure").CombinedOutput(); err != nil {
+		t.Fatalf("push to the insecure bucket: %v\n%s", err, out)
+	}
+	natstest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		for _, line := range strings.Split(insecure.Logs(), "\n") {
+			if strings.Contains(line, `"revision":"evil-1"`) && strings.Contains(line, `"level":"warn"`) && strings.Contains(line, "--insecure-unsigned-bundles") {
+				return nil
+			}
+		}
+		return errors.New("no warning naming --insecure-unsigned-bundles when the unsigned evil-1 was loaded")
+	})
+	insecure.Stop(t)
+
+	client := &http.Client{Timeout: 30 * time.Second}
+	transfer := request("spiffe://evil.example/agents/unregistered", "mallory@evil.example", `["payments.write"]`, "transfer_funds")
+	data := t.TempDir()
+	args := []string{"--nats-url", url, "--bundle-source", "nats", "--bundle-verification-key", key.Verify}
+	c := startCustody(t, data, args...)
+	wait := func(what string, ok func(policyState) bool) {
+		t.Helper()
+		natstest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+			st, err := getPolicy(client, c.HTTP)
+			if err != nil {
+				return err
+			}
+			if !ok(st) {
+				return fmt.Errorf("%+v: want %s", st, what)
+			}
+			return nil
+		})
+	}
+	denied := func(rev string) {
+		t.Helper()
+		d, err := decide(client, c.HTTP, transfer)
+		if err != nil || d.Status != http.StatusOK || d.Allow || d.Policy.Revision != rev {
+			t.Fatalf("transfer_funds by an unregistered agent: %+v %v; want a deny by %s", d, err, rev)
+		}
+	}
+	push := func(file string) {
+		t.Helper()
+		if out, err := exec.Command(binary, "bundle", "push", file, "--nats-url", url, "--bundle-verification-key", key.Verify).CombinedOutput(); err != nil {
+			t.Fatalf("custody bundle push %s: %v\n%s", file, err, out)
+		}
+	}
+	// The attacker writes the object with any NATS client, not custody's careful push.
+	js := connectJS(t, url)
+	store, err := natsobj.Bucket(t.Context(), js, natsobj.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attack := func(file string) {
+		t.Helper()
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := natsobj.Push(t.Context(), store, natsobj.Config{}, raw, "whatever"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	push(v1)
+	wait("guard-1", func(st policyState) bool { return st.Revision == "guard-1" })
+	attack(unsigned)
+	wait("unsigned refused", func(st policyState) bool { return st.Failures == 1 && strings.Contains(st.LastError, "signature") })
+	denied("guard-1")
+	attack(forged)
+	wait("wrong key refused", func(st policyState) bool { return st.Failures == 2 && strings.Contains(st.LastError, "signature") })
+	denied("guard-1")
+	push(v2)
+	wait("guard-2", func(st policyState) bool { return st.Revision == "guard-2" })
+	attack(v1) // validly signed, once served: a rollback
+	wait("rollback refused", func(st policyState) bool {
+		return st.Revision == "guard-2" && st.Failures == 3 && strings.Contains(st.LastError, "rollback")
+	})
+	if !strings.Contains(c.Logs(), "rollback") {
+		t.Errorf("the rollback was not logged:\n%s", c.Logs())
+	}
+
+	// A restart reads the highest serial served from the data dir: v1, still in the bucket,
+	// stays out.
+	c.Stop(t)
+	c = startCustody(t, data, args...)
+	wait("rollback refused after a restart", func(st policyState) bool {
+		return st.Revision == "" && strings.Contains(st.LastError, "rollback")
+	})
+	if code, err := readyStatus(client, c.HTTP); err != nil || code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with only a rolled-back bundle: %d %v; want 503", code, err)
+	}
+	push(v3)
+	wait("guard-3", func(st policyState) bool { return st.Revision == "guard-3" })
+	denied("guard-3")
+}
+
+func connectJS(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }

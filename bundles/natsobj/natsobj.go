@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -27,6 +28,12 @@ const (
 // MetadataRevision is the object metadata key Push stores the bundle's revision under, for
 // operators listing the bucket (`nats object ls`).
 const MetadataRevision = "custody-revision"
+
+// MetadataSerial is the object metadata key Push stores the bundle's serial under (see
+// bundles.MetadataSerial), so that the next push can tell a rollback before the fleet refuses
+// it. Only the serial inside the signed bundle counts for the fleet: anyone who can write the
+// object can write this.
+const MetadataSerial = "custody-serial"
 
 // Config names the object that holds the bundle and how it is loaded.
 type Config struct {
@@ -136,14 +143,26 @@ type Putter interface {
 	Put(ctx context.Context, meta jetstream.ObjectMeta, r io.Reader) (*jetstream.ObjectInfo, error)
 }
 
+// PushOption configures Push.
+type PushOption func(map[string]string)
+
+// WithSerial records the bundle's serial in the object's metadata, under MetadataSerial.
+func WithSerial(serial uint64) PushOption {
+	return func(m map[string]string) { m[MetadataSerial] = strconv.FormatUint(serial, 10) }
+}
+
 // Push stores bundle as the object cfg names, replacing the one there: every Watcher of the
 // object then loads it. revision is recorded in the object's metadata for operators.
-func Push(ctx context.Context, store Putter, cfg Config, bundle []byte, revision string) (*jetstream.ObjectInfo, error) {
+func Push(ctx context.Context, store Putter, cfg Config, bundle []byte, revision string, opts ...PushOption) (*jetstream.ObjectInfo, error) {
 	cfg.SetDefaults()
+	meta := map[string]string{MetadataRevision: revision}
+	for _, o := range opts {
+		o(meta)
+	}
 	info, err := store.Put(ctx, jetstream.ObjectMeta{
 		Name:        cfg.Object,
 		Description: "custody policy bundle",
-		Metadata:    map[string]string{MetadataRevision: revision},
+		Metadata:    meta,
 	}, bytes.NewReader(bundle))
 	if err != nil {
 		return nil, fmt.Errorf("natsobj: put %s: %w", cfg.Source(), err)

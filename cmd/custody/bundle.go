@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -22,7 +23,9 @@ const bundleUsage = `usage: custody bundle push FILE [flags]
 Stores the OPA bundle FILE (a .tar.gz as 'opa build' makes it) in a NATS Object Store bucket;
 every 'custody serve --bundle-source nats' watching the bucket loads it. The bundle is read,
 its signature checked (with --bundle-verification-key) and its policy compiled first: a bundle
-that would be refused is not pushed.
+that would be refused is not pushed. A signed bundle must carry a serial in its .manifest,
+{"metadata": {"custody_serial": N}}, above that of the bundle in the bucket: instances refuse an
+older one as a rollback.
 `
 
 // pushTimeout bounds connecting, checking and storing a bundle.
@@ -98,6 +101,13 @@ func runBundlePush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if _, err := pdp.New(ctx, set, pdp.WithQuery(decision)); err != nil {
 		return fmt.Errorf("bundle push: not pushed: %w", err)
 	}
+	serial, err := bundles.Serial(set.Bundle)
+	if err != nil {
+		return fmt.Errorf("bundle push: not pushed: %s: %w", file, err)
+	}
+	if serial == 0 && len(set.Bundle.Signatures.Signatures) > 0 {
+		return fmt.Errorf("bundle push: not pushed: %s is signed but its .manifest has no metadata.%s, so instances verifying signatures refuse it: add {\"metadata\": {\"%s\": N}} to the .manifest, N above the last bundle's, and build it again", file, bundles.MetadataSerial, bundles.MetadataSerial)
+	}
 
 	nc, err := dialNATS(natsURL, creds, "custody bundle push")
 	if err != nil {
@@ -112,10 +122,35 @@ func runBundlePush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return fmt.Errorf("bundle push: %w", err)
 	}
-	info, err := natsobj.Push(ctx, store, cfg, raw, set.Revision)
+	var opts []natsobj.PushOption
+	if serial > 0 {
+		if err := checkNewer(ctx, store, cfg, file, serial); err != nil {
+			return err
+		}
+		opts = append(opts, natsobj.WithSerial(serial))
+	}
+	info, err := natsobj.Push(ctx, store, cfg, raw, set.Revision, opts...)
 	if err != nil {
 		return fmt.Errorf("bundle push: %w", err)
 	}
 	fmt.Fprintf(stdout, "pushed %s to %s: revision %s, %d bytes, %s\n", file, cfg.Source(), set.Revision, info.Size, info.Digest)
 	return nil
+}
+
+// checkNewer refuses to push a bundle whose serial is not above that of the bundle in the
+// bucket, as recorded by the push that put it there: every instance that served that one would
+// refuse this one as a rollback.
+func checkNewer(ctx context.Context, store jetstream.ObjectStore, cfg natsobj.Config, file string, serial uint64) error {
+	info, err := store.GetInfo(ctx, cfg.Object)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bundle push: read %s: %w", cfg.Source(), err)
+	}
+	cur, err := strconv.ParseUint(info.Metadata[natsobj.MetadataSerial], 10, 64)
+	if err != nil || cur < serial {
+		return nil // pushed without a serial, or older: nothing to compare with
+	}
+	return fmt.Errorf("bundle push: not pushed: %s has serial %d, not above serial %d (revision %s) in %s: instances that served that one refuse this one as a rollback; give it a higher %s", file, serial, cur, info.Metadata[natsobj.MetadataRevision], cfg.Source(), bundles.MetadataSerial)
 }

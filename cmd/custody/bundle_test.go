@@ -21,10 +21,20 @@ func TestBundlePush(t *testing.T) {
 	dir := t.TempDir()
 	key := bundletest.RSAKey(t)
 
-	good := filepath.Join(dir, "good.tar.gz")
-	b := bundletest.FromFS(t, policies.FS, "2026.05.1")
-	bundletest.Sign(t, &b, key, "default", "")
-	bundletest.Write(t, b, good)
+	signed := func(name, rev string, serial uint64) string {
+		b := bundletest.FromFS(t, policies.FS, rev)
+		if serial > 0 {
+			bundletest.SetSerial(&b, serial)
+		}
+		bundletest.Sign(t, &b, key, "default", "")
+		path := filepath.Join(dir, name)
+		bundletest.Write(t, b, path)
+		return path
+	}
+	good := signed("good.tar.gz", "2026.05.1", 2)
+	noSerial := signed("no-serial.tar.gz", "2026.05.3", 0)
+	older := signed("older.tar.gz", "2026.04.9", 1)
+	newer := signed("newer.tar.gz", "2026.05.4", 3)
 	unsigned := filepath.Join(dir, "unsigned.tar.gz")
 	bundletest.Write(t, bundletest.FromFS(t, policies.FS, "2026.05.2"), unsigned)
 	noCompile := filepath.Join(dir, "no-compile.tar.gz")
@@ -53,6 +63,27 @@ func TestBundlePush(t *testing.T) {
 			wantRev:  "2026.05.1",
 		},
 		{
+			name:     "signed without a serial",
+			args:     []string{"--nats-url", ns.ClientURL(), "--bundle-verification-key", key.Verify, noSerial},
+			wantCode: 1,
+			wantOut:  "no metadata.custody_serial",
+			wantRev:  "2026.05.1",
+		},
+		{
+			name:     "signed, older than the bucket's",
+			args:     []string{"--nats-url", ns.ClientURL(), "--bundle-verification-key", key.Verify, older},
+			wantCode: 1,
+			wantOut:  "serial 1, not above serial 2 (revision 2026.05.1)",
+			wantRev:  "2026.05.1",
+		},
+		{
+			name:     "the same serial again",
+			args:     []string{"--nats-url", ns.ClientURL(), good},
+			wantCode: 1,
+			wantOut:  "rollback",
+			wantRev:  "2026.05.1",
+		},
+		{
 			name:     "does not compile",
 			args:     []string{"--nats-url", ns.ClientURL(), noCompile},
 			wantCode: 1,
@@ -65,6 +96,12 @@ func TestBundlePush(t *testing.T) {
 			wantCode: 1,
 			wantOut:  "not pushed",
 			wantRev:  "2026.05.1",
+		},
+		{
+			name:    "signed, newer",
+			args:    []string{"--nats-url", ns.ClientURL(), "--bundle-verification-key", key.Verify, newer},
+			wantOut: "revision 2026.05.4",
+			wantRev: "2026.05.4",
 		},
 		{
 			name:     "a directory",
@@ -112,6 +149,9 @@ func TestBundlePush(t *testing.T) {
 			}
 			if got := info.Metadata[natsobj.MetadataRevision]; got != tc.wantRev {
 				t.Fatalf("bucket holds revision %q, want %q", got, tc.wantRev)
+			}
+			if got, want := info.Metadata[natsobj.MetadataSerial], map[string]string{"2026.05.1": "2", "2026.05.4": "3"}[tc.wantRev]; got != want {
+				t.Fatalf("bucket holds serial %q, want %q", got, want)
 			}
 		})
 	}

@@ -133,12 +133,20 @@ func (c *mcpConfig) principal() (mcpgw.Principal, error) {
 	return p, nil
 }
 
+// DefaultMCPDataDir is the data dir of the in-process PDP of `custody mcp`, beside serve's
+// DefaultDataDir.
+const DefaultMCPDataDir = "./data-mcp"
+
 func runMCP(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) error {
 	var cfg mcpConfig
 	fs := newFlagSet("mcp", stderr)
 	cfg.flags(fs)
 	cfg.serve.logLevel = "warn" // stdout is the MCP channel; logs go to stderr, quietly by default
 	fs.Lookup("log-level").DefValue = "warn"
+	// The in-process PDP is a serve of its own: beside a `custody serve` in the same directory
+	// it must not take serve's data dir (it could not: serve holds its lock).
+	cfg.serve.dataDir = DefaultMCPDataDir
+	fs.Lookup("data-dir").DefValue = DefaultMCPDataDir
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -69,17 +70,27 @@ type policySourceConfig struct {
 	bucket       string
 	object       string
 	verify       verifyFlags
+	// insecureUnsigned lets --bundle-source nats run without a verification key: whoever can
+	// write to the bucket then sets the policy.
+	insecureUnsigned bool
+	// dataDir is serve's --data-dir, where the ledger of signed bundles served is kept.
+	dataDir string
 }
+
+// ledgerFile is the file, in the data dir, of the signed bundles served: see bundles.Ledger.
+const ledgerFile = "bundle-ledger.json"
 
 func (c *policySourceConfig) flags(fs interface {
 	StringVar(*string, string, string, string)
 	DurationVar(*time.Duration, string, time.Duration, string)
+	BoolVar(*bool, string, bool, string)
 }) {
 	fs.StringVar(&c.source, "bundle-source", sourceFile, "where the policy set comes from: file (--policies, else the embedded policies) or nats (the --bundle-bucket Object Store bucket, following `custody bundle push`)")
 	fs.DurationVar(&c.pollInterval, "policy-poll-interval", bundles.DefaultPollInterval, "how often --policies is checked for changes, which are then loaded without a restart")
 	fs.StringVar(&c.bucket, "bundle-bucket", natsobj.DefaultBucket, "NATS Object Store bucket of the policy bundle, with --bundle-source nats")
 	fs.StringVar(&c.object, "bundle-object", natsobj.DefaultObject, "name of the policy bundle in --bundle-bucket")
 	c.verify.flags(fs)
+	fs.BoolVar(&c.insecureUnsigned, "insecure-unsigned-bundles", false, "with --bundle-source nats, accept unsigned bundles: anyone who can write to the bucket then sets the policy (for development only)")
 }
 
 // Validate reports the first setting that cannot work; policies is the --policies flag.
@@ -90,11 +101,17 @@ func (c *policySourceConfig) Validate(policies string) error {
 		if policies != "" {
 			return errors.New("--policies and --bundle-source nats are exclusive: the policy set comes from one place")
 		}
+		if c.verify.Key == "" && !c.insecureUnsigned {
+			return errors.New("--bundle-source nats needs --bundle-verification-key: without it anyone who can write to the bundle bucket sets the policy; --insecure-unsigned-bundles accepts unsigned bundles anyway")
+		}
 	default:
 		return fmt.Errorf("--bundle-source %q: want file or nats", c.source)
 	}
 	if c.pollInterval <= 0 {
 		return errors.New("--policy-poll-interval must be positive")
+	}
+	if c.insecureUnsigned && (c.source != sourceNATS || c.verify.Key != "") {
+		return errors.New("--insecure-unsigned-bundles is only for --bundle-source nats without --bundle-verification-key")
 	}
 	if c.bucket == "" || c.object == "" {
 		return errors.New("--bundle-bucket and --bundle-object must not be empty")
@@ -127,14 +144,52 @@ func newPolicySource(cfg policySourceConfig, path string, engine *pdp.Engine, go
 	if err != nil {
 		return nil, err
 	}
+	var loader bundles.Loader = governedLoader{engine: engine, governor: governor}
+	ropts := []bundles.ReloaderOption{bundles.WithLogger(logger)}
+	switch {
+	case cfg.verify.Enabled() && cfg.dataDir != "":
+		// Signed bundles are ordered by their serial, and the highest served is kept in the
+		// data dir, so that neither a replayed old bundle nor a restart rolls the policy back.
+		ledger, err := bundles.OpenLedger(filepath.Join(cfg.dataDir, ledgerFile))
+		if err != nil {
+			return nil, fmt.Errorf("serve: %w", err)
+		}
+		ropts = append(ropts, bundles.WithLedger(ledger))
+	case cfg.insecureUnsigned:
+		loader = unsignedLoader{Loader: loader, logger: logger, source: natsSourceName(cfg)}
+	}
 	return &policySource{
 		cfg:      cfg,
 		path:     path,
 		engine:   engine,
-		reloader: bundles.NewReloader(governedLoader{engine: engine, governor: governor}, bundles.WithLogger(logger)),
+		reloader: bundles.NewReloader(loader, ropts...),
 		logger:   logger,
 		loadOpts: opts,
 	}, nil
+}
+
+func natsSourceName(cfg policySourceConfig) string {
+	c := natsobj.Config{Bucket: cfg.bucket, Object: cfg.object}
+	return c.Source()
+}
+
+// insecureWarning is logged at start and on every load with --insecure-unsigned-bundles, so
+// that nobody runs so by accident for long.
+const insecureWarning = "--insecure-unsigned-bundles: policy bundles are not verified; anyone who can write to the bundle bucket sets the policy"
+
+// unsignedLoader warns on every policy set it loads unverified.
+type unsignedLoader struct {
+	bundles.Loader
+	logger zerolog.Logger
+	source string
+}
+
+func (l unsignedLoader) Load(ctx context.Context, set pdp.PolicySet) error {
+	if err := l.Loader.Load(ctx, set); err != nil {
+		return err
+	}
+	l.logger.Warn().Str("source", l.source).Str("revision", set.Revision).Msg(insecureWarning)
+	return nil
 }
 
 // loadFile loads a file source now, so that a policy set that does not load stops the server
@@ -167,6 +222,9 @@ func (p *policySource) loadFile(ctx context.Context) error {
 // and not ready until a good one is pushed.
 func (p *policySource) start(ctx context.Context, js jetstream.JetStream, replicas int) error {
 	if p.cfg.source == sourceNATS {
+		if p.cfg.insecureUnsigned {
+			p.logger.Warn().Str("source", natsSourceName(p.cfg)).Msg(insecureWarning)
+		}
 		ncfg := natsobj.Config{Bucket: p.cfg.bucket, Object: p.cfg.object, Replicas: replicas, LoadOptions: p.loadOpts}
 		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		store, err := natsobj.Bucket(bctx, js, ncfg)

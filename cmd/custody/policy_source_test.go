@@ -16,10 +16,13 @@ func TestPolicySourceValidate(t *testing.T) {
 		errText  string // "" for valid
 	}{
 		{name: "defaults"},
-		{name: "nats", args: []string{"--bundle-source", "nats"}},
+		{name: "nats without a key", args: []string{"--bundle-source", "nats"}, errText: "--bundle-source nats needs --bundle-verification-key"},
+		{name: "nats unsigned, loudly", args: []string{"--bundle-source", "nats", "--insecure-unsigned-bundles"}},
+		{name: "unsigned with a key", args: []string{"--bundle-source", "nats", "--insecure-unsigned-bundles", "--bundle-verification-key", key.Verify}, errText: "--insecure-unsigned-bundles is only"},
+		{name: "unsigned files", args: []string{"--insecure-unsigned-bundles"}, errText: "--insecure-unsigned-bundles is only"},
 		{name: "nats with a signing key", args: []string{"--bundle-source", "nats", "--bundle-verification-key", key.Verify}},
 		{name: "file with HMAC", args: []string{"--bundle-verification-key", "secret", "--bundle-verification-alg", "HS256"}, policies: "p"},
-		{name: "nats and --policies", args: []string{"--bundle-source", "nats"}, policies: "p", errText: "exclusive"},
+		{name: "nats and --policies", args: []string{"--bundle-source", "nats", "--insecure-unsigned-bundles"}, policies: "p", errText: "exclusive"},
 		{name: "unknown source", args: []string{"--bundle-source", "s3"}, errText: `--bundle-source "s3"`},
 		{name: "poll interval", args: []string{"--policy-poll-interval", "0s"}, errText: "--policy-poll-interval"},
 		{name: "empty bucket", args: []string{"--bundle-bucket", ""}, errText: "--bundle-bucket"},

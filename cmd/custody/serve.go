@@ -194,6 +194,12 @@ func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
 
 func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 	log := logger.With().Str("component", "serve").Logger()
+	lock, err := lockDataDir(cfg.dataDir) // before anything in the data dir is touched
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer lock.release()
+	cfg.policySource.dataDir = cfg.dataDir
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
 		return fmt.Errorf("serve: create data dir: %w", err)
 	}

@@ -183,3 +183,12 @@ func WriteFile(t testing.TB, path string, data []byte) {
 		t.Fatal(err)
 	}
 }
+
+// SetSerial sets the custody_serial of b's manifest metadata, the number custody orders signed
+// bundles by to refuse a rollback. Set it before Sign: the signature covers the manifest.
+func SetSerial(b *bundle.Bundle, serial uint64) {
+	if b.Manifest.Metadata == nil {
+		b.Manifest.Metadata = map[string]any{}
+	}
+	b.Manifest.Metadata["custody_serial"] = serial
+}
