@@ -406,7 +406,7 @@ func startEmbedded(cfg serveConfig, instanceID string, syncAlways bool, syncInte
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("serve: %w", err)
 	}
-	readerCreds, err := trust.EnsureReaderCreds(keysDir)
+	readerCreds, err := trust.EnsureReaderCreds()
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("serve: %w", err)
 	}

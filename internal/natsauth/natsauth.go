@@ -13,7 +13,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
@@ -51,7 +53,15 @@ type Trust struct {
 	operator nkeys.KeyPair
 	system   nkeys.KeyPair
 	account  nkeys.KeyPair
+	dir      string
+	existed  bool // the keys were there before this load: not a first start
+	// revokedBefore, when set, makes the account refuse every user credential issued at or
+	// before it: the credentials handed out before reader.creds was deleted.
+	revokedBefore time.Time
 }
+
+// revokedFile records when the credentials were last revoked, as Unix seconds.
+const revokedFile = "revoked-before"
 
 // LoadOrCreate reads the operator, system and CUSTODY account seeds from dir, creating dir (0700)
 // and any missing seed (0600) first.
@@ -62,6 +72,7 @@ func LoadOrCreate(dir string) (*Trust, error) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("natsauth: restrict %s: %w", dir, err)
 	}
+	_, statErr := os.Stat(filepath.Join(dir, "operator.nk"))
 	op, err := loadOrCreateSeed(filepath.Join(dir, "operator.nk"), nkeys.CreateOperator)
 	if err != nil {
 		return nil, err
@@ -74,7 +85,17 @@ func LoadOrCreate(dir string) (*Trust, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Trust{operator: op, system: sys, account: acc}, nil
+	t := &Trust{operator: op, system: sys, account: acc, dir: dir, existed: statErr == nil}
+	if raw, err := os.ReadFile(filepath.Join(dir, revokedFile)); err == nil {
+		sec, err := strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("natsauth: %s: %w", filepath.Join(dir, revokedFile), err)
+		}
+		t.revokedBefore = time.Unix(sec, 0)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("natsauth: read %s: %w", revokedFile, err)
+	}
+	return t, nil
 }
 
 // Account is the public key of the CUSTODY account, which is also the name of its JetStream
@@ -109,6 +130,9 @@ func (t *Trust) Configure(opts *server.Options) error {
 	ac := jwt.NewAccountClaims(t.Account())
 	ac.Name = "CUSTODY"
 	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+	if !t.revokedBefore.IsZero() {
+		ac.RevokeAt(jwt.All, t.revokedBefore)
+	}
 	accJWT, err := ac.Encode(t.operator)
 	if err != nil {
 		return fmt.Errorf("natsauth: encode account: %w", err)
@@ -174,6 +198,12 @@ func (t *Trust) WriteCreds(path string, role Role, name string, replace bool) er
 	if err != nil {
 		return err
 	}
+	return writePrivate(path, creds, replace)
+}
+
+// writePrivate writes data to path with mode 0600 and syncs it; an existing file is an error
+// unless replace is set.
+func writePrivate(path string, data []byte, replace bool) error {
 	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
 	if replace {
 		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
@@ -182,7 +212,7 @@ func (t *Trust) WriteCreds(path string, role Role, name string, replace bool) er
 	if err != nil {
 		return fmt.Errorf("natsauth: write %s: %w", path, err)
 	}
-	if _, err := f.Write(creds); err != nil {
+	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return fmt.Errorf("natsauth: write %s: %w", path, err)
 	}
@@ -193,15 +223,26 @@ func (t *Trust) WriteCreds(path string, role Role, name string, replace bool) er
 	return f.Close()
 }
 
-// EnsureReaderCreds writes dir/reader.creds on first start and leaves an existing one alone, so
-// that readers configured with it keep working across restarts.
-func (t *Trust) EnsureReaderCreds(dir string) (string, error) {
-	path := filepath.Join(dir, ReaderCredsFile)
-	err := t.WriteCreds(path, RoleReader, "custody reader", false)
-	if errors.Is(err, os.ErrExist) {
+// EnsureReaderCreds writes reader.creds on first start and leaves an existing one alone, so that
+// readers configured with it keep working across restarts. A reader.creds deleted after the
+// first start is how an operator revokes credentials: every user credential issued until now
+// (the old reader's, a bundle pusher's) is refused from this start on, and a new reader.creds
+// is written. Call it before Configure.
+func (t *Trust) EnsureReaderCreds() (string, error) {
+	path := filepath.Join(t.dir, ReaderCredsFile)
+	if _, err := os.Stat(path); err == nil {
 		return path, os.Chmod(path, 0o600)
 	}
-	return path, err
+	if t.existed {
+		t.revokedBefore = time.Now()
+		if err := writePrivate(filepath.Join(t.dir, revokedFile), []byte(strconv.FormatInt(t.revokedBefore.Unix(), 10)+"\n"), true); err != nil {
+			return "", err
+		}
+		// Revocations and issue times are Unix seconds: a credential minted within this second
+		// would be revoked too, so the new ones wait for the next.
+		time.Sleep(time.Until(t.revokedBefore.Truncate(time.Second).Add(time.Second + 10*time.Millisecond)))
+	}
+	return path, t.WriteCreds(path, RoleReader, "custody reader", false)
 }
 
 // permit fills p with what role may do. Every role is an allow-list: anything not listed is
@@ -297,17 +338,5 @@ func loadOrCreateSeed(path string, create func() (nkeys.KeyPair, error)) (nkeys.
 		return nil, fmt.Errorf("natsauth: create key: %w", err)
 	}
 	seed, _ := kp.Seed()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("natsauth: write %s: %w", path, err)
-	}
-	if _, err := f.Write(append(seed, '\n')); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("natsauth: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("natsauth: write %s: %w", path, err)
-	}
-	return kp, f.Close()
+	return kp, writePrivate(path, append(seed, '\n'), false)
 }

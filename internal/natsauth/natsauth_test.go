@@ -288,7 +288,7 @@ func TestKeysSurviveRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path, err := trust.EnsureReaderCreds(keys)
+	path, err := trust.EnsureReaderCreds()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +300,7 @@ func TestKeysSurviveRestart(t *testing.T) {
 	if again.Account() != trust.Account() {
 		t.Fatal("account key changed across loads")
 	}
-	if _, err := again.EnsureReaderCreds(keys); err != nil {
+	if _, err := again.EnsureReaderCreds(); err != nil {
 		t.Fatal(err)
 	}
 	if second, _ := os.ReadFile(path); string(second) != string(first) {
@@ -323,6 +323,60 @@ func TestKeysSurviveRestart(t *testing.T) {
 	nc, err := nats.Connect(ns.ClientURL(), nats.UserCredentials(path))
 	if err != nil {
 		t.Fatalf("first start's reader.creds after a restart: %v", err)
+	}
+	nc.Close()
+}
+
+// TestDeletingReaderCredsRevokes: an operator who fears the reader credential leaked deletes it
+// and restarts; the old credential (and any other issued before) is then refused, the new one
+// works.
+func TestDeletingReaderCredsRevokes(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "nats")
+	startWith := func() (*server.Server, string) {
+		trust, err := natsauth.LoadOrCreate(keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path, err := trust.EnsureReaderCreds()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, err := embeddednats.Start(embeddednats.Config{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "js"), Accounts: trust})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ns, path
+	}
+	ns, path := startWith()
+	leaked := filepath.Join(t.TempDir(), "leaked.creds")
+	raw, _ := os.ReadFile(path)
+	if err := os.WriteFile(leaked, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	natstest.Shutdown(ns)
+
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	ns, path = startWith()
+	defer natstest.Shutdown(ns)
+	if nc, err := nats.Connect(ns.ClientURL(), nats.UserCredentials(leaked), nats.Timeout(2*time.Second)); err == nil {
+		nc.Close()
+		t.Fatal("the deleted reader credential still connects")
+	}
+	nc, err := nats.Connect(ns.ClientURL(), nats.UserCredentials(path))
+	if err != nil {
+		t.Fatalf("the new reader credential: %v", err)
+	}
+	nc.Close()
+	// And it survives the next restart.
+	natstest.Shutdown(ns)
+	ns, path = startWith()
+	defer natstest.Shutdown(ns)
+	nc, err = nats.Connect(ns.ClientURL(), nats.UserCredentials(path))
+	if err != nil {
+		t.Fatalf("the new reader credential after another restart: %v", err)
 	}
 	nc.Close()
 }
