@@ -44,7 +44,10 @@ type ChainConfig struct {
 	// Nats-Expected-Last-Msg-Id naming the message sent before it, so JetStream stores the
 	// window's records only as an unbroken prefix and a failed record can never leave a gap.
 	// That header needs the sink to be the stream's only writer: use a window only with a stream
-	// of its own (the embedded server), never with a stream a fleet shares.
+	// of its own (the embedded server), never with a stream a fleet shares. With a Window of 1 no
+	// message the sink sends depends on the stream's last message, so any number of instances
+	// can share the stream: a clustered stream wedged for good when another instance's record
+	// broke a last-message expectation (issue 14).
 	Window int
 	// Stream is read to settle a publish whose ack was lost: was the record stored or not?
 	Stream interface {
@@ -83,7 +86,15 @@ type chainState struct {
 	broken       bool
 	generation   uint64 // bumped by each repair; a late ack of an older window is ignored
 	checkpointed uint64 // seq of the last published checkpoint
+	// checkpointDue: a checkpoint was asked for while a record was in flight on a shared
+	// stream. It is published once the window is empty, so that it lands after every record it
+	// could be read after (RecoverHead reads only records after the last checkpoint).
+	checkpointDue bool
 }
+
+// soleWriter reports whether the sink may rely on being the stream's only writer, and so may
+// name its last message in Nats-Expected-Last-Msg-Id.
+func (c *chainState) soleWriter() bool { return c.cfg.Window > 1 }
 
 // inflight is a chained record sent to JetStream and not yet confirmed.
 type inflight struct {
@@ -140,7 +151,7 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 	}
 	msg := s.chainedMsg(r, body)
 	opts := []jetstream.PublishOpt{jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(decisionlog.StreamName)}
-	if len(c.window) > 0 {
+	if len(c.window) > 0 && c.soleWriter() {
 		opts = append(opts, jetstream.WithExpectLastMsgID(c.lastSent))
 	}
 	fut, err := s.js.PublishMsgAsync(msg, opts...)
@@ -207,7 +218,8 @@ func (s *Sink) advanceLocked(ctx context.Context) {
 	if len(c.window) == 0 {
 		c.window = nil // let the backing array go
 	}
-	if c.head.Seq-c.checkpointed >= c.cfg.CheckpointEvery {
+	due := c.checkpointDue && len(c.window) == 0 && c.head.Seq > c.checkpointed
+	if due || c.head.Seq-c.checkpointed >= c.cfg.CheckpointEvery {
 		s.checkpointLocked(ctx)
 	}
 }
@@ -319,6 +331,13 @@ func (s *Sink) checkpointLocked(ctx context.Context) error {
 	}
 	var opts []jetstream.PublishOpt
 	if len(c.window) > 0 {
+		if !c.soleWriter() {
+			// A record in flight may land after this checkpoint and then never be read back by
+			// RecoverHead. Naming it as the last message would order them, but on a shared
+			// stream another instance's message may come between: wait for the window instead.
+			c.checkpointDue = true
+			return nil
+		}
 		// Records after this checkpoint will name it as their predecessor; it names its own.
 		opts = append(opts, jetstream.WithExpectLastMsgID(c.lastSent))
 	}
@@ -332,7 +351,7 @@ func (s *Sink) checkpointLocked(ctx context.Context) error {
 	if len(c.window) > 0 {
 		c.lastSent = id
 	}
-	c.checkpointed = c.head.Seq
+	c.checkpointed, c.checkpointDue = c.head.Seq, false
 	return nil
 }
 
