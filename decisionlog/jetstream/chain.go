@@ -150,6 +150,10 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 		return fmt.Errorf("jetstream: %w: %w", decisionlog.ErrUnavailable, err)
 	}
 	msg := s.chainedMsg(r, body)
+	if err := s.checkSize(r, msg); err != nil { // not sent: the next record takes its seq
+		s.chainMu.Unlock()
+		return err
+	}
 	opts := []jetstream.PublishOpt{jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(decisionlog.StreamName)}
 	if len(c.window) > 0 && c.soleWriter() {
 		opts = append(opts, jetstream.WithExpectLastMsgID(c.lastSent))
@@ -290,10 +294,21 @@ func (s *Sink) storedLocked(ctx context.Context, u *decisionlog.Record) (bool, e
 	}
 }
 
+// CheckSealed returns an error wrapping decisionlog.ErrTooLarge when the sealed record r could
+// never be published: its message would exceed the server's max payload. The spool calls it
+// before it answers.
+func (s *Sink) CheckSealed(r *decisionlog.Record, body []byte) error {
+	return s.checkSize(r, s.chainedMsg(r, body))
+}
+
 // PublishSealed publishes a record that is already chained and sealed (body from
 // decisionlog.Seal), with the chain headers, and waits for the ack. The spool's forwarder uses it.
 func (s *Sink) PublishSealed(ctx context.Context, r *decisionlog.Record, body []byte) error {
-	return s.send(ctx, r, s.chainedMsg(r, body))
+	msg := s.chainedMsg(r, body)
+	if err := s.checkSize(r, msg); err != nil {
+		return err
+	}
+	return s.send(ctx, r, msg)
 }
 
 // runCheckpoints publishes a checkpoint every interval while the chain moves, until ctx ends.

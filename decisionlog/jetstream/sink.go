@@ -40,6 +40,8 @@ type Sink struct {
 	slots   chan struct{} // bounds the chained records awaiting their ack (ChainConfig.Window)
 	now     func() time.Time
 	stop    context.CancelFunc
+	// maxPayload is the largest message the server takes (headers and body); 0 checks nothing.
+	maxPayload int64
 }
 
 var _ decisionlog.Publisher = (*Sink)(nil)
@@ -52,6 +54,48 @@ func WithPublishTimeout(d time.Duration) Option { return func(s *Sink) { s.timeo
 
 // WithLogger sets the sink's logger. The default discards.
 func WithLogger(l zerolog.Logger) Option { return func(s *Sink) { s.logger = l } }
+
+// WithMaxPayload makes the sink refuse, without sending it, a record whose message would exceed
+// n bytes: the server's max_payload (nats.Conn.MaxPayload). Such a record can never be stored.
+func WithMaxPayload(n int64) Option { return func(s *Sink) { s.maxPayload = n } }
+
+// headerReserve is room kept for the headers the jetstream client adds to a record's message
+// (Nats-Msg-Id, Nats-Expected-Stream and, in a window, Nats-Expected-Last-Msg-Id).
+const headerReserve = 512
+
+// MessageSize is how many bytes msg takes against the server's max_payload, with room for the
+// headers a publish adds.
+func MessageSize(msg *nats.Msg) int64 {
+	n := int64(len(msg.Data)) + headerReserve + int64(len("NATS/1.0\r\n\r\n"))
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			n += int64(len(k) + len(v) + 4)
+		}
+	}
+	return n
+}
+
+// checkSize refuses msg when it cannot fit the server's max payload.
+func (s *Sink) checkSize(r *decisionlog.Record, msg *nats.Msg) error {
+	if s.maxPayload <= 0 {
+		return nil
+	}
+	if n := MessageSize(msg); n > s.maxPayload {
+		return fmt.Errorf("jetstream: publish record %s: %w: %w: %d bytes, the server takes %d", r.DecisionID, decisionlog.ErrUnavailable, decisionlog.ErrTooLarge, n, s.maxPayload)
+	}
+	return nil
+}
+
+// Permanent reports whether a publish error can never succeed on retry: the record is too large
+// for the server or the stream. Everything else (timeouts, no responders, a lost leader, a full
+// stream) may pass.
+func Permanent(err error) bool {
+	if errors.Is(err, decisionlog.ErrTooLarge) || errors.Is(err, nats.ErrMaxPayload) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
+}
 
 // NewSink returns a sink publishing through js.
 func NewSink(js publisher, opts ...Option) *Sink {
@@ -89,7 +133,11 @@ func (s *Sink) Publish(ctx context.Context, r *decisionlog.Record) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: encode record: %w: %w", decisionlog.ErrUnavailable, err)
 	}
-	return s.send(ctx, r, s.decisionMsg(r, data))
+	msg := s.decisionMsg(r, data)
+	if err := s.checkSize(r, msg); err != nil {
+		return err
+	}
+	return s.send(ctx, r, msg)
 }
 
 func (s *Sink) decisionMsg(r *decisionlog.Record, body []byte) *nats.Msg {
