@@ -68,6 +68,8 @@ func WithChain(cfg ChainConfig) Option {
 			cfg.Window = 1
 		}
 		s.chain = &chainState{cfg: cfg, head: cfg.Head, next: cfg.Head, checkpointed: cfg.Head.Seq}
+		s.headSeq.Store(cfg.Head.Seq)
+		s.checkpointSeq.Store(cfg.Head.Seq)
 		s.slots = make(chan struct{}, cfg.Window)
 	}
 }
@@ -117,15 +119,13 @@ func (s *Sink) Head() decisionlog.ChainHead {
 	return s.chain.head
 }
 
-// CheckpointedSeq is the seq of the last checkpoint published, 0 when unchained.
-func (s *Sink) CheckpointedSeq() uint64 {
-	s.chainMu.Lock()
-	defer s.chainMu.Unlock()
-	if s.chain == nil {
-		return 0
-	}
-	return s.chain.checkpointed
-}
+// HeadSeq is the seq of Head, read without waiting: chainMu may be held across a network call
+// (a repair, a checkpoint), and /metrics must never block on one.
+func (s *Sink) HeadSeq() uint64 { return s.headSeq.Load() }
+
+// CheckpointedSeq is the seq of the last checkpoint published, 0 when unchained. Like HeadSeq
+// it never waits.
+func (s *Sink) CheckpointedSeq() uint64 { return s.checkpointSeq.Load() }
 
 // publishChained links, seals and sends r, then waits for its own ack. Linking and sending
 // happen under chainMu, so records reach the connection, and the stream, in chain order; the
@@ -216,6 +216,7 @@ func (s *Sink) advanceLocked(ctx context.Context) {
 			break
 		}
 		c.head = e.after
+		s.headSeq.Store(c.head.Seq)
 		n++
 	}
 	c.window = c.window[n:]
@@ -258,6 +259,7 @@ func (s *Sink) repairLocked(ctx context.Context) error {
 		stored, err := s.storedLocked(ctx, &c.window[i].rec)
 		if err != nil {
 			c.head = head
+			s.headSeq.Store(head.Seq)
 			c.window = c.window[i:]
 			return err
 		}
@@ -269,6 +271,7 @@ func (s *Sink) repairLocked(ctx context.Context) error {
 		s.logger.Warn().Str("decision_id", c.window[i].rec.DecisionID).Uint64("seq", c.window[i].rec.Seq).Msg("record answered as unavailable was stored after all")
 	}
 	c.head, c.next = head, head
+	s.headSeq.Store(head.Seq)
 	c.window, c.lastSent, c.broken = nil, "", false
 	c.generation++
 	return nil
@@ -305,10 +308,12 @@ func (s *Sink) CheckSealed(r *decisionlog.Record, body []byte) error {
 // decisionlog.Seal), with the chain headers, and waits for the ack. The spool's forwarder uses it.
 func (s *Sink) PublishSealed(ctx context.Context, r *decisionlog.Record, body []byte) error {
 	msg := s.chainedMsg(r, body)
-	if err := s.checkSize(r, msg); err != nil {
-		return err
+	err := s.checkSize(r, msg)
+	if err == nil {
+		err = s.send(ctx, r, msg)
 	}
-	return s.send(ctx, r, msg)
+	s.noteOutcome(err)
+	return err
 }
 
 // runCheckpoints publishes a checkpoint every interval while the chain moves, until ctx ends.
@@ -367,6 +372,7 @@ func (s *Sink) checkpointLocked(ctx context.Context) error {
 		c.lastSent = id
 	}
 	c.checkpointed, c.checkpointDue = c.head.Seq, false
+	s.checkpointSeq.Store(c.checkpointed)
 	return nil
 }
 

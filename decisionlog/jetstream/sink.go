@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -40,6 +41,13 @@ type Sink struct {
 	slots   chan struct{} // bounds the chained records awaiting their ack (ChainConfig.Window)
 	now     func() time.Time
 	stop    context.CancelFunc
+	// headSeq and checkpointSeq mirror the chain's head and last checkpoint for readers that
+	// must not wait for chainMu.
+	headSeq, checkpointSeq atomic.Uint64
+	// lastOK and lastFail are when a record was last acked and last refused (unix nanos), and
+	// lastErr why; readiness reads them.
+	lastOK, lastFail atomic.Int64
+	lastErr          atomic.Pointer[error]
 	// maxPayload is the largest message the server takes (headers and body); 0 checks nothing.
 	maxPayload int64
 }
@@ -126,9 +134,45 @@ func (s *Sink) Publish(ctx context.Context, r *decisionlog.Record) error {
 	s.mu.RUnlock()
 	defer s.inflight.Done()
 
+	var err error
 	if s.chain != nil {
-		return s.publishChained(ctx, r)
+		err = s.publishChained(ctx, r)
+	} else {
+		err = s.publishPlain(ctx, r)
 	}
+	s.noteOutcome(err)
+	return err
+}
+
+// noteOutcome keeps when a record was last stored or refused. A record refused for its size
+// says nothing about the stream, so it does not count.
+func (s *Sink) noteOutcome(err error) {
+	switch {
+	case err == nil:
+		s.lastOK.Store(s.now().UnixNano())
+	case errors.Is(err, decisionlog.ErrTooLarge):
+	default:
+		s.lastErr.Store(&err)
+		s.lastFail.Store(s.now().UnixNano())
+	}
+}
+
+// LastOutcome reports when a record was last acked and last failed (zero when never), and the
+// last failure.
+func (s *Sink) LastOutcome() (ok, failed time.Time, err error) {
+	if n := s.lastOK.Load(); n > 0 {
+		ok = time.Unix(0, n)
+	}
+	if n := s.lastFail.Load(); n > 0 {
+		failed = time.Unix(0, n)
+	}
+	if p := s.lastErr.Load(); p != nil {
+		err = *p
+	}
+	return ok, failed, err
+}
+
+func (s *Sink) publishPlain(ctx context.Context, r *decisionlog.Record) error {
 	data, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("jetstream: encode record: %w: %w", decisionlog.ErrUnavailable, err)
@@ -209,6 +253,28 @@ func Ready(nc *nats.Conn) error {
 	return nil
 }
 
+// Quorate reports whether the stream in info can store a record now: it has a leader, and with
+// replicas a majority of them is current. During a quorum loss the meta leader still answers
+// stream info, so an answer alone proves nothing.
+func Quorate(info *jetstream.StreamInfo) error {
+	if info.Cluster == nil {
+		return nil
+	}
+	if info.Cluster.Leader == "" {
+		return fmt.Errorf("jetstream: stream %s has no leader", decisionlog.StreamName)
+	}
+	current := 1
+	for _, p := range info.Cluster.Replicas {
+		if p != nil && p.Current && !p.Offline {
+			current++
+		}
+	}
+	if want := info.Config.Replicas/2 + 1; current < want {
+		return fmt.Errorf("jetstream: stream %s has %d of the %d current replicas a write needs", decisionlog.StreamName, current, want)
+	}
+	return nil
+}
+
 // fullMargin is how close to its byte limit a stream counts as full for readiness: a record
 // rarely exceeds a few KiB.
 const fullMargin = 64 << 10
@@ -221,6 +287,9 @@ func Writable(ctx context.Context, stream interface {
 	info, err := stream.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("jetstream: stream info: %w", err)
+	}
+	if err := Quorate(info); err != nil {
+		return err
 	}
 	if max := info.Config.MaxBytes; max > 0 && int64(info.State.Bytes)+fullMargin > max {
 		return fmt.Errorf("jetstream: stream %s is full (%d of %d bytes)", decisionlog.StreamName, info.State.Bytes, max)
