@@ -75,13 +75,13 @@ type Spool struct {
 	// failed is the first write or fsync error. It is sticky until restart: after a failed
 	// fsync the kernel may have dropped the dirty pages and a later fsync reports success, so
 	// nothing written since can be trusted to be on disk.
-	failed  error
-	sync    func(*os.File) error // (*os.File).Sync; tests replace it
-	acked   uint64 // last seq JetStream acked
+	failed error
+	sync   func(*os.File) error // (*os.File).Sync; tests replace it
+	acked  uint64               // last seq JetStream acked
 	// rejected counts records JetStream refused permanently, kept in Dir/rejected.
 	rejected uint64
-	pending int64  // bytes of records not yet acked
-	closed  bool
+	pending  int64 // bytes of records not yet acked
+	closed   bool
 	// checkpointed is the seq of the last published checkpoint.
 	checkpointed uint64
 }
