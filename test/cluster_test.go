@@ -171,3 +171,67 @@ func fleetUnderLeaderKill(t *testing.T, mode string) {
 		t.Errorf("the stream refuses a record after the fault: %v", err)
 	}
 }
+
+// Issue 14.7: during a quorum loss in ack mode, /readyz said ready while every decision was a
+// 503. It now follows whether a decision can be recorded: not ready without a quorum, ready
+// again once it is back. /metrics answers throughout (its collectors do no network calls).
+func TestAckReadinessFollowsQuorum(t *testing.T) {
+	cl := natstest.StartCluster(t, 3)
+	nc := natstest.ConnectURL(t, cl.URLs())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		_, err := custodyjs.EnsureStream(t.Context(), js, custodyjs.StreamConfig{Replicas: 3})
+		return err
+	})
+	c := startCustody(t, "", "--nats-url", cl.URLs(), "--stream-replicas", "3", "--record-mode", "ack", "--publish-timeout", "1s")
+	client := &http.Client{Timeout: 20 * time.Second}
+	status := func(path string) int {
+		resp, err := client.Get(c.HTTP + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitStatus := func(path string, want int) {
+		t.Helper()
+		natstest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+			if got := status(path); got != want {
+				return fmt.Errorf("%s answers %d, want %d", path, got, want)
+			}
+			return nil
+		})
+	}
+	waitStatus("/readyz", http.StatusOK)
+	answerN(t, c, 3)
+	// Two of three nodes down: custody reconnects to the third, which has no quorum.
+	killed := []int{1, 2}
+	for _, i := range killed {
+		cl.Kill(i)
+	}
+	a, err := authorize(t, client, c.HTTP, allowBody)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Status == http.StatusOK {
+		t.Logf("a decision was still recorded after two nodes were killed")
+	}
+	waitStatus("/readyz", http.StatusServiceUnavailable)
+	if got := status("/metrics"); got != http.StatusOK {
+		t.Errorf("/metrics answers %d during the quorum loss", got)
+	}
+	for _, i := range killed {
+		cl.Restart(i)
+	}
+	waitStatus("/readyz", http.StatusOK)
+	natstest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		a, err := authorize(t, client, c.HTTP, allowBody)
+		if err != nil || a.Status != http.StatusOK {
+			return fmt.Errorf("after the quorum is back: %d %v", a.Status, err)
+		}
+		return nil
+	})
+}
