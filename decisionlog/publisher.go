@@ -10,6 +10,11 @@ import (
 // then answer with a deny.
 var ErrUnavailable = errors.New("decision log unavailable")
 
+// ErrTooLarge is returned, wrapped together with ErrUnavailable, when a record is larger than
+// the NATS server accepts in one message. It is refused before the answer: a record the stream
+// can never take would otherwise be answered and then retried forever.
+var ErrTooLarge = errors.New("decision record too large for the NATS server's max payload")
+
 // Publisher makes a record durable. Publish returns only once the record is durable (acked by
 // JetStream, or in a spool that forwards to it), or with an error wrapping ErrUnavailable.
 // Close drains pending work until ctx ends.

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"net/http"
 	"time"
 
@@ -220,6 +221,10 @@ func (s *Server) record(c echo.Context, rec *decisionlog.Record) *apiError {
 		s.metrics.logFailures.Inc()
 		recordIDs(s.logger.Error(), rec).Err(err).Bool("policy_allow", rec.Allow).Msg("decision not recorded; answering deny")
 		e := errorf(CodeDecisionLogUnavailable, "the decision could not be recorded on the decision stream, so it is a deny; retry later")
+		if errors.Is(err, decisionlog.ErrTooLarge) {
+			s.metrics.tooLarge.Inc()
+			e = errorf(CodeDecisionRecordTooLarge, "the decision's record is larger than the decision stream takes in one message, so it is a deny; send a smaller request")
+		}
 		e.denied = &deniedDecision{decisionID: rec.DecisionID, correlationID: rec.CorrelationID}
 		return e
 	}

@@ -14,6 +14,9 @@ const (
 	CodeBodyTooLarge           = "body_too_large"
 	CodeUnsupportedMediaType   = "unsupported_media_type"
 	CodeDecisionLogUnavailable = "decision_log_unavailable"
+	// CodeDecisionRecordTooLarge: the decision's record would not fit one NATS message, so it
+	// cannot be recorded and is a deny. Retrying the same call does not help.
+	CodeDecisionRecordTooLarge = "decision_record_too_large"
 	CodeNotFound               = "not_found"
 	CodeMethodNotAllowed       = "method_not_allowed"
 	CodeNotReady               = "not_ready"
@@ -31,6 +34,7 @@ var statusOf = map[string]int{
 	CodeBodyTooLarge:           http.StatusRequestEntityTooLarge,
 	CodeUnsupportedMediaType:   http.StatusUnsupportedMediaType,
 	CodeDecisionLogUnavailable: http.StatusServiceUnavailable,
+	CodeDecisionRecordTooLarge: http.StatusServiceUnavailable,
 	CodeNotFound:               http.StatusNotFound,
 	CodeMethodNotAllowed:       http.StatusMethodNotAllowed,
 	CodeNotReady:               http.StatusServiceUnavailable,

@@ -14,6 +14,7 @@ type metrics struct {
 	duration     *prometheus.HistogramVec
 	decisions    *prometheus.CounterVec
 	logFailures  prometheus.Counter
+	tooLarge     prometheus.Counter
 	policyErrors prometheus.Counter
 	evalDuration prometheus.Histogram
 	// recordDuration is the publish latency of decision records.
@@ -35,6 +36,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		logFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "custody_decision_log_failures_total", Help: "Decisions answered with 503 because their record could not be made durable.",
 		}),
+		tooLarge: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "custody_decision_records_too_large_total", Help: "Decisions answered with 503 because their record would exceed the NATS server's max payload (also counted in custody_decision_log_failures_total).",
+		}),
 		policyErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "custody_policy_errors_total", Help: "Evaluations that failed and were denied with policy_error.",
 		}),
@@ -47,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .5, 1, 5},
 		}),
 	}
-	reg.MustRegister(m.recordDuration, m.requests, m.duration, m.decisions, m.logFailures, m.policyErrors, m.evalDuration,
+	reg.MustRegister(m.recordDuration, m.requests, m.duration, m.decisions, m.logFailures, m.tooLarge, m.policyErrors, m.evalDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

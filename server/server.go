@@ -24,6 +24,16 @@ type Decider interface {
 	Decide(ctx context.Context, in *pdp.Input) pdp.Decision
 }
 
+// Degraded wraps what a ReadyCheck wants shown in /readyz without failing it: something an
+// operator must see (a record JetStream refused for good) that does not stop decisions from
+// being recorded now.
+func Degraded(err error) error { return degraded{err} }
+
+type degraded struct{ err error }
+
+func (d degraded) Error() string { return d.err.Error() }
+func (d degraded) Unwrap() error { return d.err }
+
 // ReadyCheck reports whether a dependency can serve; a non-nil error makes /readyz fail.
 type ReadyCheck func(ctx context.Context) error
 
@@ -198,6 +208,11 @@ func (s *Server) readyz(c echo.Context) error {
 	var failed []error
 	for name, check := range s.ready {
 		if err := check(ctx); err != nil {
+			var d degraded
+			if errors.As(err, &d) {
+				checks[name] = "degraded: " + d.err.Error() // shown, still ready
+				continue
+			}
 			checks[name] = err.Error()
 			failed = append(failed, fmt.Errorf("%s: %w", name, err))
 			continue

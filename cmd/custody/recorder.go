@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,6 +18,7 @@ import (
 	"github.com/custodyhq/custody/decisionlog"
 	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
 	"github.com/custodyhq/custody/decisionlog/spool"
+	custodyhttp "github.com/custodyhq/custody/server"
 )
 
 // Record modes: how a decision becomes durable before its answer.
@@ -75,12 +79,138 @@ func recordModeFor(mode string, embedded bool) string {
 	return recordSpool
 }
 
+// probeEvery is how often the stream's writability is read for /readyz; probeStale is how old
+// a probe may be before readiness stops trusting it.
+const (
+	probeEvery = time.Second
+	probeStale = 5 * time.Second
+)
+
+// streamProbe caches whether the stream can take a record: /readyz reads the cache and never
+// waits on the network (nor does /metrics).
+type streamProbe struct {
+	mu   sync.Mutex
+	at   time.Time // when the last probe started
+	okAt time.Time // when the last successful probe started
+	err  error
+}
+
+func (p *streamProbe) run(ctx context.Context, stream jetstream.Stream) {
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for {
+		start := time.Now()
+		pctx, cancel := context.WithTimeout(ctx, probeEvery)
+		err := custodyjs.Writable(pctx, stream)
+		cancel()
+		p.mu.Lock()
+		p.at, p.err = start, err
+		if err == nil {
+			p.okAt = start
+		}
+		p.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// state returns the last probe's error (or a stale one) and when a probe last succeeded.
+func (p *streamProbe) state() (okAt time.Time, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.at.IsZero():
+		return p.okAt, errors.New("serve: stream not probed yet")
+	case time.Since(p.at) > probeStale:
+		return p.okAt, fmt.Errorf("serve: stream probe stale since %s", p.at.Format(time.RFC3339))
+	}
+	return p.okAt, p.err
+}
+
+// ackReady is true about whether a decision can be recorded now in ack mode: connected, the
+// stream led by a quorum and not full (cached probe), and the last record not refused since the
+// last probe or record that succeeded.
+func ackReady(nc *nats.Conn, probe *streamProbe, sink *custodyjs.Sink) error {
+	if err := custodyjs.Ready(nc); err != nil {
+		return err
+	}
+	okAt, err := probe.state()
+	if err != nil {
+		return err
+	}
+	ok, failed, ferr := sink.LastOutcome()
+	if failed.After(ok) && failed.After(okAt) {
+		return fmt.Errorf("serve: the last decision record was refused: %w", ferr)
+	}
+	return nil
+}
+
+// drainSpool forwards what a spool left in the data dir before ack mode starts: an instance
+// that ran in spool mode may have answered decisions that are only on local disk. It returns
+// the chain head after them. A spool it cannot drain within the timeout makes ack mode refuse
+// to start rather than drop them.
+func drainSpool(ctx context.Context, d recorderDeps, sink *custodyjs.Sink, log zerolog.Logger) (decisionlog.ChainHead, error) {
+	dir := filepath.Join(d.cfg.dataDir, "spool")
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return d.head, nil
+	}
+	sp, err := spool.Open(spool.Config{Dir: dir, MaxBytes: d.cfg.spoolMaxBytes, Instance: d.instance, Head: d.head, Permanent: custodyjs.Permanent}, d.logger)
+	if err != nil {
+		return d.head, fmt.Errorf("serve: ack mode: %w", err)
+	}
+	records, _ := sp.Stats()
+	if records == 0 {
+		return sp.Head(), sp.Close(ctx)
+	}
+	log.Warn().Uint64("records", records).Str("dir", dir).Msg("spool left by spool mode; forwarding it before ack mode starts")
+	checkpoint := func(ctx context.Context, head decisionlog.ChainHead) error {
+		return sink.PublishCheckpoint(ctx, d.instance, head, d.signer)
+	}
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = sp.Forward(fctx, sink, checkpoint, 1<<62, time.Hour)
+	}()
+	cerr := sp.Close(ctx) // returns once the forwarder drained it, or ctx ended
+	stop()
+	<-done
+	if cerr != nil {
+		return d.head, fmt.Errorf("serve: ack mode: %w; run --record-mode spool until it is forwarded", cerr)
+	}
+	head := sp.Head()
+	if err := checkpoint(ctx, head); err != nil {
+		return d.head, fmt.Errorf("serve: ack mode: checkpoint after the spool: %w", err)
+	}
+	log.Info().Uint64("records", records).Uint64("seq", head.Seq).Msg("spool forwarded")
+	return head, nil
+}
+
+// drainTimeout bounds how long ack mode waits for a leftover spool to reach JetStream.
+const drainTimeout = time.Minute
+
 func newRecorder(d recorderDeps) (*recorder, error) {
 	mode := recordModeFor(d.cfg.recordMode, d.embedded)
 	log := d.logger.With().Str("component", "serve").Logger()
+	maxPayload := custodyjs.WithMaxPayload(d.nc.MaxPayload())
+	probe := &streamProbe{}
+	probeCtx, stopProbe := context.WithCancel(context.Background())
 	switch mode {
 	case recordAck:
-		sink := custodyjs.NewSink(d.js, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger),
+		plain := custodyjs.NewSink(d.js, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload)
+		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		head, err := drainSpool(dctx, d, plain, log)
+		cancel()
+		if err != nil {
+			stopProbe()
+			return nil, err
+		}
+		d.head = head
+		go probe.run(probeCtx, d.stream)
+		sink := custodyjs.NewSink(d.js, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload,
 			custodyjs.WithChain(custodyjs.ChainConfig{
 				Instance:           d.instance,
 				Head:               d.head,
@@ -93,27 +223,30 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 		return &recorder{
 			mode:      mode,
 			publisher: sink,
-			ready: func(ctx context.Context) error {
-				if err := custodyjs.Ready(d.nc); err != nil {
-					return err
-				}
-				return custodyjs.Writable(ctx, d.stream)
+			ready:     func(context.Context) error { return ackReady(d.nc, probe, sink) },
+			close: func(ctx context.Context) error {
+				stopProbe()
+				return sink.Close(ctx)
 			},
-			close:         sink.Close,
-			chainSeq:      func() uint64 { return sink.Head().Seq },
+			chainSeq:      sink.HeadSeq,
 			checkpointSeq: sink.CheckpointedSeq,
 		}, nil
 	case recordSpool:
+		stopProbe() // spool mode answers from local disk: the stream's state is not readiness
+		sink := custodyjs.NewSink(d.js, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload)
 		sp, err := spool.Open(spool.Config{
 			Dir:      filepath.Join(d.cfg.dataDir, "spool"),
 			MaxBytes: d.cfg.spoolMaxBytes,
 			Instance: d.instance,
 			Head:     d.head,
+			Check:    sink.CheckSealed,
+			// A record JetStream refuses for good is kept aside, never retried forever.
+			Permanent: custodyjs.Permanent,
 		}, d.logger)
 		if err != nil {
+			stopProbe()
 			return nil, fmt.Errorf("serve: %w", err)
 		}
-		sink := custodyjs.NewSink(d.js, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger))
 		checkpoint := func(ctx context.Context, head decisionlog.ChainHead) error {
 			return sink.PublishCheckpoint(ctx, d.instance, head, d.signer)
 		}
@@ -135,8 +268,14 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 			chainSeq:      func() uint64 { return sp.Head().Seq },
 			checkpointSeq: sp.CheckpointedSeq,
 			ready: func(context.Context) error {
+				if err := sp.Err(); err != nil {
+					return err
+				}
 				if _, b := sp.Stats(); b >= d.cfg.spoolMaxBytes {
 					return spool.ErrFull
+				}
+				if n := sp.Rejected(); n > 0 {
+					return custodyhttp.Degraded(fmt.Errorf("serve: %d records refused by JetStream for good, kept in %s", n, filepath.Join(d.cfg.dataDir, "spool", "rejected")))
 				}
 				return nil
 			},
@@ -148,6 +287,7 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 			},
 		}, nil
 	default:
+		stopProbe()
 		return nil, fmt.Errorf("%w: --record-mode %q: want auto, spool or ack", errUsage, d.cfg.recordMode)
 	}
 }
@@ -165,6 +305,8 @@ func (r *recorder) register(reg *prometheus.Registry) {
 	}
 	sp := r.spool
 	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_spool_rejected_records", Help: "Spooled records JetStream refused for good since start, kept in the spool's rejected directory."},
+			func() float64 { return float64(sp.Rejected()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_spool_records", Help: "Decision records in the spool not yet acked by JetStream."},
 			func() float64 { n, _ := sp.Stats(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_spool_bytes", Help: "Bytes of spooled records not yet acked by JetStream."},

@@ -44,7 +44,10 @@ type ChainConfig struct {
 	// Nats-Expected-Last-Msg-Id naming the message sent before it, so JetStream stores the
 	// window's records only as an unbroken prefix and a failed record can never leave a gap.
 	// That header needs the sink to be the stream's only writer: use a window only with a stream
-	// of its own (the embedded server), never with a stream a fleet shares.
+	// of its own (the embedded server), never with a stream a fleet shares. With a Window of 1 no
+	// message the sink sends depends on the stream's last message, so any number of instances
+	// can share the stream: a clustered stream wedged for good when another instance's record
+	// broke a last-message expectation (issue 14).
 	Window int
 	// Stream is read to settle a publish whose ack was lost: was the record stored or not?
 	Stream interface {
@@ -65,6 +68,8 @@ func WithChain(cfg ChainConfig) Option {
 			cfg.Window = 1
 		}
 		s.chain = &chainState{cfg: cfg, head: cfg.Head, next: cfg.Head, checkpointed: cfg.Head.Seq}
+		s.headSeq.Store(cfg.Head.Seq)
+		s.checkpointSeq.Store(cfg.Head.Seq)
 		s.slots = make(chan struct{}, cfg.Window)
 	}
 }
@@ -83,7 +88,15 @@ type chainState struct {
 	broken       bool
 	generation   uint64 // bumped by each repair; a late ack of an older window is ignored
 	checkpointed uint64 // seq of the last published checkpoint
+	// checkpointDue: a checkpoint was asked for while a record was in flight on a shared
+	// stream. It is published once the window is empty, so that it lands after every record it
+	// could be read after (RecoverHead reads only records after the last checkpoint).
+	checkpointDue bool
 }
+
+// soleWriter reports whether the sink may rely on being the stream's only writer, and so may
+// name its last message in Nats-Expected-Last-Msg-Id.
+func (c *chainState) soleWriter() bool { return c.cfg.Window > 1 }
 
 // inflight is a chained record sent to JetStream and not yet confirmed.
 type inflight struct {
@@ -106,15 +119,13 @@ func (s *Sink) Head() decisionlog.ChainHead {
 	return s.chain.head
 }
 
-// CheckpointedSeq is the seq of the last checkpoint published, 0 when unchained.
-func (s *Sink) CheckpointedSeq() uint64 {
-	s.chainMu.Lock()
-	defer s.chainMu.Unlock()
-	if s.chain == nil {
-		return 0
-	}
-	return s.chain.checkpointed
-}
+// HeadSeq is the seq of Head, read without waiting: chainMu may be held across a network call
+// (a repair, a checkpoint), and /metrics must never block on one.
+func (s *Sink) HeadSeq() uint64 { return s.headSeq.Load() }
+
+// CheckpointedSeq is the seq of the last checkpoint published, 0 when unchained. Like HeadSeq
+// it never waits.
+func (s *Sink) CheckpointedSeq() uint64 { return s.checkpointSeq.Load() }
 
 // publishChained links, seals and sends r, then waits for its own ack. Linking and sending
 // happen under chainMu, so records reach the connection, and the stream, in chain order; the
@@ -139,8 +150,12 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 		return fmt.Errorf("jetstream: %w: %w", decisionlog.ErrUnavailable, err)
 	}
 	msg := s.chainedMsg(r, body)
+	if err := s.checkSize(r, msg); err != nil { // not sent: the next record takes its seq
+		s.chainMu.Unlock()
+		return err
+	}
 	opts := []jetstream.PublishOpt{jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(decisionlog.StreamName)}
-	if len(c.window) > 0 {
+	if len(c.window) > 0 && c.soleWriter() {
 		opts = append(opts, jetstream.WithExpectLastMsgID(c.lastSent))
 	}
 	fut, err := s.js.PublishMsgAsync(msg, opts...)
@@ -201,13 +216,15 @@ func (s *Sink) advanceLocked(ctx context.Context) {
 			break
 		}
 		c.head = e.after
+		s.headSeq.Store(c.head.Seq)
 		n++
 	}
 	c.window = c.window[n:]
 	if len(c.window) == 0 {
 		c.window = nil // let the backing array go
 	}
-	if c.head.Seq-c.checkpointed >= c.cfg.CheckpointEvery {
+	due := c.checkpointDue && len(c.window) == 0 && c.head.Seq > c.checkpointed
+	if due || c.head.Seq-c.checkpointed >= c.cfg.CheckpointEvery {
 		s.checkpointLocked(ctx)
 	}
 }
@@ -242,6 +259,7 @@ func (s *Sink) repairLocked(ctx context.Context) error {
 		stored, err := s.storedLocked(ctx, &c.window[i].rec)
 		if err != nil {
 			c.head = head
+			s.headSeq.Store(head.Seq)
 			c.window = c.window[i:]
 			return err
 		}
@@ -253,6 +271,7 @@ func (s *Sink) repairLocked(ctx context.Context) error {
 		s.logger.Warn().Str("decision_id", c.window[i].rec.DecisionID).Uint64("seq", c.window[i].rec.Seq).Msg("record answered as unavailable was stored after all")
 	}
 	c.head, c.next = head, head
+	s.headSeq.Store(head.Seq)
 	c.window, c.lastSent, c.broken = nil, "", false
 	c.generation++
 	return nil
@@ -278,10 +297,23 @@ func (s *Sink) storedLocked(ctx context.Context, u *decisionlog.Record) (bool, e
 	}
 }
 
+// CheckSealed returns an error wrapping decisionlog.ErrTooLarge when the sealed record r could
+// never be published: its message would exceed the server's max payload. The spool calls it
+// before it answers.
+func (s *Sink) CheckSealed(r *decisionlog.Record, body []byte) error {
+	return s.checkSize(r, s.chainedMsg(r, body))
+}
+
 // PublishSealed publishes a record that is already chained and sealed (body from
 // decisionlog.Seal), with the chain headers, and waits for the ack. The spool's forwarder uses it.
 func (s *Sink) PublishSealed(ctx context.Context, r *decisionlog.Record, body []byte) error {
-	return s.send(ctx, r, s.chainedMsg(r, body))
+	msg := s.chainedMsg(r, body)
+	err := s.checkSize(r, msg)
+	if err == nil {
+		err = s.send(ctx, r, msg)
+	}
+	s.noteOutcome(err)
+	return err
 }
 
 // runCheckpoints publishes a checkpoint every interval while the chain moves, until ctx ends.
@@ -319,6 +351,13 @@ func (s *Sink) checkpointLocked(ctx context.Context) error {
 	}
 	var opts []jetstream.PublishOpt
 	if len(c.window) > 0 {
+		if !c.soleWriter() {
+			// A record in flight may land after this checkpoint and then never be read back by
+			// RecoverHead. Naming it as the last message would order them, but on a shared
+			// stream another instance's message may come between: wait for the window instead.
+			c.checkpointDue = true
+			return nil
+		}
 		// Records after this checkpoint will name it as their predecessor; it names its own.
 		opts = append(opts, jetstream.WithExpectLastMsgID(c.lastSent))
 	}
@@ -332,7 +371,8 @@ func (s *Sink) checkpointLocked(ctx context.Context) error {
 	if len(c.window) > 0 {
 		c.lastSent = id
 	}
-	c.checkpointed = c.head.Seq
+	c.checkpointed, c.checkpointDue = c.head.Seq, false
+	s.checkpointSeq.Store(c.checkpointed)
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -40,6 +41,15 @@ type Sink struct {
 	slots   chan struct{} // bounds the chained records awaiting their ack (ChainConfig.Window)
 	now     func() time.Time
 	stop    context.CancelFunc
+	// headSeq and checkpointSeq mirror the chain's head and last checkpoint for readers that
+	// must not wait for chainMu.
+	headSeq, checkpointSeq atomic.Uint64
+	// lastOK and lastFail are when a record was last acked and last refused (unix nanos), and
+	// lastErr why; readiness reads them.
+	lastOK, lastFail atomic.Int64
+	lastErr          atomic.Pointer[error]
+	// maxPayload is the largest message the server takes (headers and body); 0 checks nothing.
+	maxPayload int64
 }
 
 var _ decisionlog.Publisher = (*Sink)(nil)
@@ -52,6 +62,48 @@ func WithPublishTimeout(d time.Duration) Option { return func(s *Sink) { s.timeo
 
 // WithLogger sets the sink's logger. The default discards.
 func WithLogger(l zerolog.Logger) Option { return func(s *Sink) { s.logger = l } }
+
+// WithMaxPayload makes the sink refuse, without sending it, a record whose message would exceed
+// n bytes: the server's max_payload (nats.Conn.MaxPayload). Such a record can never be stored.
+func WithMaxPayload(n int64) Option { return func(s *Sink) { s.maxPayload = n } }
+
+// headerReserve is room kept for the headers the jetstream client adds to a record's message
+// (Nats-Msg-Id, Nats-Expected-Stream and, in a window, Nats-Expected-Last-Msg-Id).
+const headerReserve = 512
+
+// MessageSize is how many bytes msg takes against the server's max_payload, with room for the
+// headers a publish adds.
+func MessageSize(msg *nats.Msg) int64 {
+	n := int64(len(msg.Data)) + headerReserve + int64(len("NATS/1.0\r\n\r\n"))
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			n += int64(len(k) + len(v) + 4)
+		}
+	}
+	return n
+}
+
+// checkSize refuses msg when it cannot fit the server's max payload.
+func (s *Sink) checkSize(r *decisionlog.Record, msg *nats.Msg) error {
+	if s.maxPayload <= 0 {
+		return nil
+	}
+	if n := MessageSize(msg); n > s.maxPayload {
+		return fmt.Errorf("jetstream: publish record %s: %w: %w: %d bytes, the server takes %d", r.DecisionID, decisionlog.ErrUnavailable, decisionlog.ErrTooLarge, n, s.maxPayload)
+	}
+	return nil
+}
+
+// Permanent reports whether a publish error can never succeed on retry: the record is too large
+// for the server or the stream. Everything else (timeouts, no responders, a lost leader, a full
+// stream) may pass.
+func Permanent(err error) bool {
+	if errors.Is(err, decisionlog.ErrTooLarge) || errors.Is(err, nats.ErrMaxPayload) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
+}
 
 // NewSink returns a sink publishing through js.
 func NewSink(js publisher, opts ...Option) *Sink {
@@ -82,14 +134,54 @@ func (s *Sink) Publish(ctx context.Context, r *decisionlog.Record) error {
 	s.mu.RUnlock()
 	defer s.inflight.Done()
 
+	var err error
 	if s.chain != nil {
-		return s.publishChained(ctx, r)
+		err = s.publishChained(ctx, r)
+	} else {
+		err = s.publishPlain(ctx, r)
 	}
+	s.noteOutcome(err)
+	return err
+}
+
+// noteOutcome keeps when a record was last stored or refused. A record refused for its size
+// says nothing about the stream, so it does not count.
+func (s *Sink) noteOutcome(err error) {
+	switch {
+	case err == nil:
+		s.lastOK.Store(s.now().UnixNano())
+	case errors.Is(err, decisionlog.ErrTooLarge):
+	default:
+		s.lastErr.Store(&err)
+		s.lastFail.Store(s.now().UnixNano())
+	}
+}
+
+// LastOutcome reports when a record was last acked and last failed (zero when never), and the
+// last failure.
+func (s *Sink) LastOutcome() (ok, failed time.Time, err error) {
+	if n := s.lastOK.Load(); n > 0 {
+		ok = time.Unix(0, n)
+	}
+	if n := s.lastFail.Load(); n > 0 {
+		failed = time.Unix(0, n)
+	}
+	if p := s.lastErr.Load(); p != nil {
+		err = *p
+	}
+	return ok, failed, err
+}
+
+func (s *Sink) publishPlain(ctx context.Context, r *decisionlog.Record) error {
 	data, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("jetstream: encode record: %w: %w", decisionlog.ErrUnavailable, err)
 	}
-	return s.send(ctx, r, s.decisionMsg(r, data))
+	msg := s.decisionMsg(r, data)
+	if err := s.checkSize(r, msg); err != nil {
+		return err
+	}
+	return s.send(ctx, r, msg)
 }
 
 func (s *Sink) decisionMsg(r *decisionlog.Record, body []byte) *nats.Msg {
@@ -161,6 +253,28 @@ func Ready(nc *nats.Conn) error {
 	return nil
 }
 
+// Quorate reports whether the stream in info can store a record now: it has a leader, and with
+// replicas a majority of them is current. During a quorum loss the meta leader still answers
+// stream info, so an answer alone proves nothing.
+func Quorate(info *jetstream.StreamInfo) error {
+	if info.Cluster == nil {
+		return nil
+	}
+	if info.Cluster.Leader == "" {
+		return fmt.Errorf("jetstream: stream %s has no leader", decisionlog.StreamName)
+	}
+	current := 1
+	for _, p := range info.Cluster.Replicas {
+		if p != nil && p.Current && !p.Offline {
+			current++
+		}
+	}
+	if want := info.Config.Replicas/2 + 1; current < want {
+		return fmt.Errorf("jetstream: stream %s has %d of the %d current replicas a write needs", decisionlog.StreamName, current, want)
+	}
+	return nil
+}
+
 // fullMargin is how close to its byte limit a stream counts as full for readiness: a record
 // rarely exceeds a few KiB.
 const fullMargin = 64 << 10
@@ -173,6 +287,9 @@ func Writable(ctx context.Context, stream interface {
 	info, err := stream.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("jetstream: stream info: %w", err)
+	}
+	if err := Quorate(info); err != nil {
+		return err
 	}
 	if max := info.Config.MaxBytes; max > 0 && int64(info.State.Bytes)+fullMargin > max {
 		return fmt.Errorf("jetstream: stream %s is full (%d of %d bytes)", decisionlog.StreamName, info.State.Bytes, max)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/custodyhq/custody/decisionlog"
@@ -71,6 +72,10 @@ func (s *Spool) Forward(ctx context.Context, pub SealedPublisher, checkpoint Che
 		}
 		acked, synced := s.acked, s.synced
 		segIdx := s.indexOf(curFirst)
+		if segIdx < 0 && len(s.segs) == 0 {
+			s.mu.Unlock()
+			return fmt.Errorf("spool: forward: records %d to %d are counted but no segment holds them", acked+1, synced)
+		}
 		if segIdx < 0 {
 			segIdx, offset = s.segmentFor(acked+1), 0
 			curFirst = s.segs[segIdx].first
@@ -105,6 +110,12 @@ func (s *Spool) Forward(ctx context.Context, pub SealedPublisher, checkpoint Che
 					s.saveCursor(&cursorAt)
 					return ctx.Err()
 				}
+				if s.cfg.Permanent != nil && s.cfg.Permanent(err) {
+					if qerr := s.reject(e, err); qerr != nil {
+						return fmt.Errorf("spool: forward: %w", qerr)
+					}
+					break
+				}
 				s.logger.Warn().Err(err).Uint64("seq", e.rec.Seq).Dur("retry_in", retry).Msg("forward to JetStream failed; will retry")
 				select {
 				case <-ctx.Done():
@@ -131,6 +142,29 @@ func (s *Spool) Forward(ctx context.Context, pub SealedPublisher, checkpoint Che
 			lastCursor = time.Now()
 		}
 	}
+}
+
+// reject keeps a record JetStream can never take in Dir/rejected/<seq>.json, so that the
+// records behind it flow again. It is not lost: an operator finds it there, /readyz and the
+// rejected count say so, and the chain on the stream shows the seq missing.
+func (s *Spool) reject(e entry, cause error) error {
+	dir := filepath.Join(s.cfg.Dir, "rejected")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("keep rejected record: %w", err)
+	}
+	path := filepath.Join(dir, fmt.Sprintf("%020d.json", e.rec.Seq))
+	if err := os.WriteFile(path, e.body, 0o600); err != nil {
+		return fmt.Errorf("keep rejected record: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("keep rejected record: %w", err)
+	}
+	s.mu.Lock()
+	s.rejected++
+	s.mu.Unlock()
+	s.logger.Error().Err(cause).Uint64("seq", e.rec.Seq).Str("decision_id", e.rec.DecisionID).Str("kept_in", path).
+		Msg("JetStream refuses this record permanently; kept on disk and passed over")
+	return nil
 }
 
 func (s *Spool) setCheckpointed(seq uint64) {

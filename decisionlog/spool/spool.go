@@ -48,6 +48,13 @@ type Config struct {
 	Instance     string
 	// Head is where the chain stands when the spool holds no records (from the stream).
 	Head decisionlog.ChainHead
+	// Check, if set, refuses a sealed record before it is written: one the stream could never
+	// take (decisionlog.ErrTooLarge) would otherwise be answered and then block the forwarder.
+	Check func(r *decisionlog.Record, body []byte) error
+	// Permanent, if set, reports a forward error that no retry can cure. Such a record is moved
+	// to Dir/rejected, counted (Rejected) and passed over, instead of stopping every record
+	// behind it for good.
+	Permanent func(error) bool
 }
 
 // Spool is a durable, ordered, chained queue of decision records.
@@ -65,9 +72,16 @@ type Spool struct {
 	synced  uint64 // last seq fsynced
 	syncing bool
 	syncErr error
-	acked   uint64 // last seq JetStream acked
-	pending int64  // bytes of records not yet acked
-	closed  bool
+	// failed is the first write or fsync error. It is sticky until restart: after a failed
+	// fsync the kernel may have dropped the dirty pages and a later fsync reports success, so
+	// nothing written since can be trusted to be on disk.
+	failed error
+	sync   func(*os.File) error // (*os.File).Sync; tests replace it
+	acked  uint64               // last seq JetStream acked
+	// rejected counts records JetStream refused permanently, kept in Dir/rejected.
+	rejected uint64
+	pending  int64 // bytes of records not yet acked
+	closed   bool
 	// checkpointed is the seq of the last published checkpoint.
 	checkpointed uint64
 }
@@ -91,7 +105,7 @@ func Open(cfg Config, logger zerolog.Logger) (*Spool, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: create dir: %w", err)
 	}
-	s := &Spool{cfg: cfg, logger: logger.With().Str("component", "spool").Logger(), head: cfg.Head}
+	s := &Spool{cfg: cfg, logger: logger.With().Str("component", "spool").Logger(), head: cfg.Head, sync: (*os.File).Sync}
 	s.cond = sync.NewCond(&s.mu)
 	acked, err := readCursor(filepath.Join(cfg.Dir, "cursor"))
 	if err != nil {
@@ -101,12 +115,39 @@ func Open(cfg Config, logger zerolog.Logger) (*Spool, error) {
 	if err := s.recover(); err != nil {
 		return nil, err
 	}
-	if s.acked > s.head.Seq {
-		s.acked = s.head.Seq
+	if err := s.reconcile(cfg.Head); err != nil {
+		return nil, err
 	}
 	s.written, s.synced = s.head.Seq, s.head.Seq
 	s.checkpointed = s.acked // what was forwarded before was checkpointed on shutdown, or will be
 	return s, nil
+}
+
+// reconcile settles the spool's position against the chain head read from the stream, for every
+// state a data dir can be left in, including one another record mode wrote.
+func (s *Spool) reconcile(stream decisionlog.ChainHead) error {
+	spooled := s.head // the last record on disk, or stream when there is none
+	switch {
+	case len(s.segs) == 0 || s.acked >= spooled.Seq && stream.Seq >= spooled.Seq:
+		// Nothing waits to be forwarded (a fresh spool, or one drained before the instance ran
+		// in ack mode): the chain goes on from the stream. Without this, a spool opened at a
+		// head it never held counted records it did not have and the forwarder indexed
+		// segments that did not exist.
+		if stream.Seq > spooled.Seq || len(s.segs) == 0 {
+			s.head = stream
+		}
+		s.acked = s.head.Seq
+	case stream.Seq > spooled.Seq:
+		// Records wait in the spool, yet the stream's chain went past them: something else
+		// (ack mode of an older release) wrote this instance's chain meanwhile. Forwarding
+		// them would fork the chain; dropping them would lose answered decisions.
+		return fmt.Errorf("spool: open: %d records in %s wait to be forwarded (seq %d to %d), but the stream's chain of this instance is already at seq %d; keep the spool and its data dir and get help: forwarding would fork the chain",
+			spooled.Seq-s.acked, s.cfg.Dir, s.acked+1, spooled.Seq, stream.Seq)
+	}
+	if s.acked > s.head.Seq {
+		s.acked = s.head.Seq
+	}
+	return nil
 }
 
 func (s *Spool) recover() error {
@@ -212,6 +253,9 @@ func (s *Spool) Append(_ context.Context, r *decisionlog.Record) error {
 	if s.closed {
 		return fmt.Errorf("spool: append: %w: spool closed", decisionlog.ErrUnavailable)
 	}
+	if s.failed != nil {
+		return fmt.Errorf("spool: append: %w: an earlier write failed, restart to recover: %w", decisionlog.ErrUnavailable, s.failed)
+	}
 	if s.pending >= s.cfg.MaxBytes {
 		return fmt.Errorf("spool: append: %w: %w: %d bytes waiting for JetStream", decisionlog.ErrUnavailable, ErrFull, s.pending)
 	}
@@ -221,8 +265,14 @@ func (s *Spool) Append(_ context.Context, r *decisionlog.Record) error {
 	if err != nil {
 		return fmt.Errorf("spool: append: %w: %w", decisionlog.ErrUnavailable, err)
 	}
+	if s.cfg.Check != nil {
+		if err := s.cfg.Check(r, body); err != nil { // not written: the next record takes its seq
+			return fmt.Errorf("spool: append: %w", err)
+		}
+	}
 	if err := s.writeLocked(r.Seq, body); err != nil {
 		// Nothing after this point was acknowledged; the head does not move.
+		s.failed = err
 		return fmt.Errorf("spool: append: %w: %w", decisionlog.ErrUnavailable, err)
 	}
 	s.head = decisionlog.After(r)
@@ -237,11 +287,11 @@ func (s *Spool) Append(_ context.Context, r *decisionlog.Record) error {
 		s.syncing = true
 		upTo, f := s.written, s.seg
 		s.mu.Unlock()
-		err := f.Sync()
+		err := s.sync(f)
 		s.mu.Lock()
 		s.syncing = false
 		if err != nil {
-			s.syncErr = err
+			s.syncErr, s.failed = err, err
 			s.cond.Broadcast()
 			return fmt.Errorf("spool: fsync: %w: %w", decisionlog.ErrUnavailable, err)
 		}
@@ -249,6 +299,9 @@ func (s *Spool) Append(_ context.Context, r *decisionlog.Record) error {
 			s.synced = upTo
 		}
 		s.cond.Broadcast()
+	}
+	if s.failed != nil && s.synced < my {
+		return fmt.Errorf("spool: fsync: %w: %w", decisionlog.ErrUnavailable, s.failed)
 	}
 	if s.syncErr != nil && s.synced < my {
 		return fmt.Errorf("spool: fsync: %w: %w", decisionlog.ErrUnavailable, s.syncErr)
@@ -280,7 +333,7 @@ func (s *Spool) writeLocked(seq uint64, body []byte) error {
 
 func (s *Spool) rotateLocked(first uint64) error {
 	if s.seg != nil {
-		if err := s.seg.Sync(); err != nil {
+		if err := s.sync(s.seg); err != nil {
 			return err
 		}
 		if err := s.seg.Close(); err != nil {
@@ -313,6 +366,21 @@ func (s *Spool) CheckpointedSeq() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.checkpointed
+}
+
+// Err returns the sticky write or fsync error that stops appends until restart, or nil.
+func (s *Spool) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failed
+}
+
+// Rejected is how many records JetStream refused permanently since the spool opened; each is
+// kept in Dir/rejected.
+func (s *Spool) Rejected() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rejected
 }
 
 // Stats reports the records and bytes waiting to be forwarded.
