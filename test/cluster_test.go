@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -234,4 +235,48 @@ func TestAckReadinessFollowsQuorum(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestFleetFirstDeployConverges: two instances started together on a cluster with no CUSTODY
+// stream both exited after 30 s (issue 14.3). Now both serve, on one R3 stream; a third
+// instance started with other stream settings (the default replicas, a shorter retention)
+// refuses to start, naming each difference, and leaves the stream as it was.
+func TestFleetFirstDeployConverges(t *testing.T) {
+	cl := natstest.StartCluster(t, 3)
+	args := []string{"--nats-url", cl.URLs(), "--stream-replicas", "3", "--retention", "720h"}
+	var wg sync.WaitGroup
+	fleet := make([]*custody, 2)
+	errs := make([]error, 2)
+	for i := range fleet {
+		wg.Go(func() { fleet[i], errs[i] = launchCustody(t, "", args...) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("instance %d of a first deploy: %v", i, err)
+		}
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	for _, c := range fleet {
+		if a, err := authorize(t, client, c.HTTP, allowBody); err != nil || a.Status != 200 {
+			t.Fatalf("authorize: %+v %v", a, err)
+		}
+	}
+	out := serveMustFail(t, "--data-dir", t.TempDir(), "--nats-url", cl.URLs(), "--retention", "24h")
+	for _, want := range []string{"num_replicas: stream has 3, this instance asks for 1", "max_age: stream has 720h0m0s, this instance asks for 24h0m0s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("third instance's refusal does not say %q:\n%s", want, out)
+		}
+	}
+	js, err := jetstream.New(natstest.ConnectURL(t, cl.URLs()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(t.Context(), decisionlog.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := s.CachedInfo().Config; c.Replicas != 3 || c.MaxAge != 720*time.Hour {
+		t.Fatalf("stream after the third instance: replicas %d, max_age %v", c.Replicas, c.MaxAge)
+	}
 }

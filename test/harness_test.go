@@ -61,6 +61,15 @@ type custody struct {
 // empty) and returns once it logged that it is serving.
 func startCustody(t *testing.T, dataDir string, args ...string) *custody {
 	t.Helper()
+	c, err := launchCustody(t, dataDir, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// launchCustody is startCustody for any goroutine: it reports a failed start as an error.
+func launchCustody(t *testing.T, dataDir string, args ...string) (*custody, error) {
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
@@ -68,10 +77,10 @@ func startCustody(t *testing.T, dataDir string, args ...string) *custody {
 	c := &custody{cmd: exec.Command(binary, full...), DataDir: dataDir, exited: make(chan struct{})}
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	started := make(chan map[string]any, 1)
 	go func() {
@@ -103,11 +112,11 @@ func startCustody(t *testing.T, dataDir string, args ...string) *custody {
 			readerCreds.Store(c.NATS, c.Creds)
 		}
 	case <-c.exited:
-		t.Fatalf("custody exited before serving:\n%s", c.Logs())
+		return nil, fmt.Errorf("custody exited before serving:\n%s", c.Logs())
 	case <-time.After(60 * time.Second):
-		t.Fatalf("custody did not start:\n%s", c.Logs())
+		return nil, fmt.Errorf("custody did not start:\n%s", c.Logs())
 	}
-	return c
+	return c, nil
 }
 
 // Logs returns everything the process logged so far.
