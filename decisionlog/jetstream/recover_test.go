@@ -3,6 +3,7 @@ package jetstream_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -122,5 +123,36 @@ func TestRecoverHeadIgnoresForgedHeaders(t *testing.T) {
 	}
 	if rec.Skipped != 1 {
 		t.Errorf("skipped %d messages, want the forged one counted: %+v", rec.Skipped, rec)
+	}
+}
+
+// A forged last checkpoint (another key) and a sealed record that does not link are skipped:
+// recovery resumes from the last checkpoint its own key verifies.
+func TestRecoverHeadSkipsForgedCheckpointAndUnlinkedRecord(t *testing.T) {
+	js, stream := setup(t, custodyjs.StreamConfig{})
+	want, verifiers := chainOfFive(t, js, stream, "inst-c")
+	other, _ := signer(t, "inst-c")
+	forger := custodyjs.NewSink(js)
+	if err := forger.PublishCheckpoint(t.Context(), "inst-c", decisionlog.ChainHead{Seq: 900, Hash: want.Hash}, other); err != nil {
+		t.Fatal(err)
+	}
+	r := record("unlinked", true)
+	r.PDP.Instance, r.Seq, r.PrevHash = "inst-c", 6, strings.Repeat("0", 64)
+	body, err := decisionlog.Seal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(decisionlog.RecordSubject(r))
+	m.Data = body
+	m.Header.Set(decisionlog.HeaderMsgID, r.DecisionID)
+	if _, err := js.PublishMsg(t.Context(), m); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := custodyjs.RecoverHead(t.Context(), stream, "inst-c", verifiers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Head != want || rec.CheckpointsRejected != 1 || rec.Skipped != 1 {
+		t.Fatalf("recovery %+v, want head %+v with 1 rejected checkpoint and 1 skipped record", rec, want)
 	}
 }
