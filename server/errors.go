@@ -25,6 +25,7 @@ const (
 	CodeInvalidCredentials     = "invalid_credentials"
 	CodeIdentityMismatch       = "identity_mismatch"
 	CodeInternal               = "internal_error"
+	CodeUnverifiedDecision     = "unverified_decision"
 )
 
 // statusOf is the one table from error code to HTTP status.
@@ -43,6 +44,7 @@ var statusOf = map[string]int{
 	CodeInvalidCredentials:     http.StatusUnauthorized,
 	CodeIdentityMismatch:       http.StatusBadRequest,
 	CodeInternal:               http.StatusInternalServerError,
+	CodeUnverifiedDecision:     http.StatusConflict,
 }
 
 // apiError is an error with a stable code, rendered as {"error":{"code","message"}}.

@@ -3,6 +3,7 @@ package server
 import (
 	"container/list"
 	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"time"
@@ -108,6 +109,12 @@ func (s *Server) executions(c echo.Context) error {
 		return err
 	}
 	dec, err := s.findDecision(c.Request().Context(), er.DecisionID, er.CorrelationID)
+	if errors.Is(err, decisionlog.ErrUnverified) {
+		// Only records that do not verify name this decision: a forgery, or damage. Recording
+		// the report against it would lend the forged decision the report's weight.
+		s.logger.Warn().Err(err).Str("decision_id", er.DecisionID).Msg("execution report refused: its decision does not verify")
+		return errorf(CodeUnverifiedDecision, "decision "+quoteField(er.DecisionID)+" is on the stream only as a record that does not verify (not sealed, or its decision_id is not its Nats-Msg-Id): run custody verify")
+	}
 	if err != nil {
 		s.logger.Warn().Err(err).Str("decision_id", er.DecisionID).Msg("decision lookup failed; execution recorded as unknown_decision")
 	}

@@ -2,6 +2,7 @@ package test
 
 import (
 	"bytes"
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -10,6 +11,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/custodyhq/custody/decisionlog"
 )
 
 func runCustody(t *testing.T, args ...string) (string, error) {
@@ -126,4 +132,74 @@ func TestChainVerifiesAcrossCrashAndCatchesTampering(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestVerifyRequireSignedIsStrict: `verify --require-signed --pubkey K` exited 0 on a forged,
+// unchained record of an invented instance; and with the keys, an instance whose last
+// checkpoint commits to a record no longer on the stream (the stream cut to its last messages,
+// as `nats stream edit --max-msgs` does) verified OK.
+func TestVerifyRequireSignedIsStrict(t *testing.T) {
+	dir := t.TempDir()
+	c := startCustody(t, dir, "--checkpoint-every", "5")
+	client := &http.Client{Timeout: 10 * time.Second}
+	for range 7 { // a checkpoint at seq 5, then two records it does not cover
+		if a, err := authorize(t, client, c.HTTP, allowBody); err != nil || a.Status != 200 {
+			t.Fatalf("authorize: %+v %v", a, err)
+		}
+	}
+	c.Kill() // no checkpoint on the way out
+	c = startCustody(t, dir)
+	pub, err := runCustody(t, "keys", "--data-dir", dir)
+	if err != nil {
+		t.Fatalf("custody keys: %v: %s", err, pub)
+	}
+	pubkey := strings.TrimSpace(pub)
+	if out, err := runCustody(t, "verify", "--nats-url", c.NATS, "--pubkey", pubkey, "--require-signed"); err != nil {
+		t.Fatalf("verify of the untouched stream: %v\n%s", err, out)
+	}
+
+	t.Run("forged unchained record", func(t *testing.T) {
+		r := forgedRecord("forged-verify", "inst-invented")
+		body, _ := json.Marshal(r)
+		publishForged(t, c.NATS, r, r.DecisionID, body)
+		out, err := runCustody(t, "verify", "--nats-url", c.NATS, "--pubkey", pubkey, "--require-signed")
+		if err == nil || !strings.Contains(out, "inst-invented") {
+			t.Fatalf("verify --require-signed passed a forged record of an invented instance (err %v):\n%s", err, out)
+		}
+		out, err = runCustody(t, "verify", "--nats-url", c.NATS, "--pubkey", pubkey)
+		if !strings.Contains(out, "WARNING") || !strings.Contains(out, "inst-invented") {
+			t.Errorf("plain verify does not point out the unattested record (err %v):\n%s", err, out)
+		}
+	})
+
+	t.Run("checkpointed records gone", func(t *testing.T) {
+		nc, err := nats.Connect(c.NATS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := js.Stream(t.Context(), decisionlog.StreamName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := info.Config
+		// Keep the last four messages (the checkpoint at 5, records 6 and 7, the forged record):
+		// record 5, which the checkpoint commits to, is gone.
+		cfg.MaxMsgs, cfg.Discard = 4, jetstream.DiscardOld
+		if _, err := js.UpdateStream(t.Context(), cfg); err != nil {
+			t.Fatal(err)
+		}
+		out, err := runCustody(t, "verify", "--nats-url", c.NATS, "--pubkey", pubkey)
+		if err == nil || !strings.Contains(out, "no longer on the stream") {
+			t.Fatalf("verify passed a stream whose last checkpoint's record is gone (err %v):\n%s", err, out)
+		}
+	})
 }

@@ -17,7 +17,7 @@ import (
 )
 
 // errFindings makes correlate exit non-zero after printing its findings.
-var errFindings = errors.New("correlate: some lines are unattributed or contradicted")
+var errFindings = errors.New("correlate: some lines are unattributed, contradicted or unverified")
 
 // listFlag is a repeatable string flag.
 type listFlag []string
@@ -58,11 +58,11 @@ func runCorrelate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return fmt.Errorf("%w: correlate: want at least one --system-log FILE", errUsage)
 	}
 	// Every decision is read: a line's decision ID may belong to any correlation ID.
-	recs, err := readRecords(ctx, "correlate", natsURL, creds, []string{decisionlog.DecisionPrefix + ".>"})
+	entries, err := readRecords(ctx, "correlate", natsURL, creds, []string{decisionlog.DecisionPrefix + ".>"}, stderr)
 	if err != nil {
 		return err
 	}
-	c := trace.NewCorrelator(recs, f, ttl)
+	c := trace.NewCorrelatorEntries(entries, f, ttl)
 	for _, path := range logs {
 		if err := correlateFile(c, path); err != nil {
 			return err
@@ -84,7 +84,7 @@ func runCorrelate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			fmt.Fprintf(stdout, "%-12s %s %s\n", strings.ToUpper(l.Status), l.Line, l.Reason)
 		}
 		s := res.Summary
-		fmt.Fprintf(stdout, "%d lines: %d attributed, %d unattributed, %d contradicted\n", s.Lines, s.Attributed, s.Unattributed, s.Contradicted)
+		fmt.Fprintf(stdout, "%d lines: %d attributed, %d unattributed, %d contradicted, %d unverified\n", s.Lines, s.Attributed, s.Unattributed, s.Contradicted, s.Unverified)
 	}
 	if !res.Clean() {
 		return errFindings

@@ -15,13 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/custodyhq/custody/decisionlog"
-)
-
-// Reading the stream: messages per fetch, and how long to wait for a fetch that should not be
-// empty before giving up.
-const (
-	exportFetchBatch = 500
-	exportFetchWait  = 5 * time.Second
+	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
 )
 
 // runExport implements `custody export`: every message body of the CUSTODY stream (decisions
@@ -72,11 +66,11 @@ func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	bw := bufio.NewWriter(w)
 	n := 0
-	err = readStream(ctx, js, filter, start, func(m jetstream.Msg, seq uint64) error {
-		if bytes.ContainsAny(m.Data(), "\r\n") {
-			return fmt.Errorf("message %d on %s holds a line break, which an export file cannot: verify the live stream instead (custody verify --nats-url)", seq, m.Subject())
+	st, err := readStream(ctx, js, filter, start, func(m *custodyjs.Msg) error {
+		if bytes.ContainsAny(m.Data, "\r\n") {
+			return fmt.Errorf("message %d on %s holds a line break, which an export file cannot: verify the live stream instead (custody verify --nats-url)", m.Seq, m.Subject)
 		}
-		if _, err := bw.Write(m.Data()); err != nil {
+		if _, err := bw.Write(m.Data); err != nil {
 			return err
 		}
 		n++
@@ -92,6 +86,7 @@ func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		abort()
 		return fmt.Errorf("export: %w", err)
 	}
+	reportRead(stderr, "export", st)
 	dest := "standard output"
 	if out != "" {
 		dest = out
@@ -164,75 +159,50 @@ func dialNATS(url, creds, name string, extra ...nats.Option) (*nats.Conn, error)
 }
 
 // readStream calls fn with each message of the CUSTODY stream on filter ("" for all of
-// custody.>) from start (zero for the first), in stream order, with its stream sequence. It
-// reads with an ordered consumer and returns once it has passed the last message the stream held
-// when it began, or the last that matched: it does not wait for new ones.
-func readStream(ctx context.Context, js jetstream.JetStream, filter string, start time.Time, fn func(m jetstream.Msg, seq uint64) error) error {
-	stream, err := js.Stream(ctx, decisionlog.StreamName)
-	if err != nil {
-		return fmt.Errorf("open stream %s: %w", decisionlog.StreamName, err)
+// custody.>) from start (zero for the first), in stream order, up to the last message the stream
+// held when the read began. It is custodyjs.Read: transient NATS errors are retried, and a read
+// that cannot reach the end fails rather than stopping short.
+func readStream(ctx context.Context, js jetstream.JetStream, filter string, start time.Time, fn func(m *custodyjs.Msg) error) (custodyjs.ReadStats, error) {
+	var stream jetstream.Stream
+	for attempt := 0; ; attempt++ {
+		var err error
+		stream, err = js.Stream(ctx, decisionlog.StreamName)
+		if err == nil {
+			break
+		}
+		// A cluster electing a leader answers no responders for a moment; a stream that does
+		// not exist is not waited for.
+		if errors.Is(err, jetstream.ErrStreamNotFound) || attempt >= custodyjs.DefaultReadRetries || ctx.Err() != nil {
+			return custodyjs.ReadStats{}, fmt.Errorf("open stream %s: %w", decisionlog.StreamName, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(custodyjs.DefaultReadBackoff << min(attempt, 5)):
+		}
 	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("stream %s: info: %w", decisionlog.StreamName, err)
-	}
-	last := info.State.LastSeq
-	if info.State.Msgs == 0 {
-		return nil
-	}
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	opts := custodyjs.ReadOptions{StartTime: start}
 	if filter != "" {
-		cfg.FilterSubjects = []string{filter}
+		opts.Filters = []string{filter}
 	}
-	if !start.IsZero() {
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
+	return custodyjs.Read(ctx, stream, opts, fn)
+}
+
+// reportRead tells a reading command's user what the read rode out or could not see.
+func reportRead(w io.Writer, cmd string, st custodyjs.ReadStats) {
+	if st.Retries > 0 {
+		fmt.Fprintf(w, "custody %s: rode out %d transient NATS %s (last: %s)\n", cmd, st.Retries, plural(uint64(st.Retries), "error", "errors"), st.LastRetry)
 	}
-	cons, err := stream.OrderedConsumer(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("stream %s: consumer: %w", decisionlog.StreamName, err)
+	if st.Unplaceable > 0 {
+		fmt.Fprintf(w, "custody %s: skipped %d %s without JetStream metadata\n", cmd, st.Unplaceable, plural(uint64(st.Unplaceable), "message", "messages"))
 	}
-	for first := true; ; first = false {
-		var batch jetstream.MessageBatch
-		if first {
-			// Creates the consumer, whose info then says whether anything matches at all.
-			batch, err = cons.FetchNoWait(exportFetchBatch)
-		} else {
-			batch, err = cons.Fetch(exportFetchBatch, jetstream.FetchMaxWait(exportFetchWait))
-		}
-		if err != nil {
-			return fmt.Errorf("stream %s: fetch: %w", decisionlog.StreamName, err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			md, err := m.Metadata()
-			if err != nil {
-				return fmt.Errorf("stream %s: message metadata: %w", decisionlog.StreamName, err)
-			}
-			seq := md.Sequence.Stream
-			if seq > last {
-				return nil
-			}
-			if err := fn(m, seq); err != nil {
-				return err
-			}
-			if seq == last || md.NumPending == 0 {
-				return nil
-			}
-		}
-		if err := batch.Error(); err != nil {
-			return fmt.Errorf("stream %s: fetch: %w", decisionlog.StreamName, err)
-		}
-		if n == 0 {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if ci := cons.CachedInfo(); first && ci != nil && ci.NumPending == 0 {
-				return nil // nothing matches
-			}
-			if !first {
-				return fmt.Errorf("stream %s: no message within %s, although more were pending", decisionlog.StreamName, exportFetchWait)
-			}
-		}
+	if st.Missing > 0 {
+		fmt.Fprintf(w, "custody %s: %d stream %s up to seq %d %s not on the stream (expired or removed)\n", cmd, st.Missing, plural(st.Missing, "sequence", "sequences"), st.End, plural(st.Missing, "was", "were"))
 	}
+}
+
+func plural(n uint64, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

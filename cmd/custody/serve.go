@@ -268,15 +268,15 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 	defer stopGuard()
 	go guard.Run(gctx)
 	js = guard.JetStream(js)
-	signer, _, err := loadSigningKey(cfg.dataDir, cfg.signingKey, instanceID)
+	signer, vkey, err := loadSigningKey(cfg.dataDir, cfg.signingKey, instanceID)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	head, err := custodyjs.RecoverHead(rctx, stream, instanceID)
+	head, err := recoverChain(rctx, stream, instanceID, vkey, log)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("serve: %w", err)
+		return err
 	}
 	log.Info().Uint64("seq", head.Seq).Str("instance", instanceID).Msg("decision chain resumes")
 	rec, err := newRecorder(recorderDeps{

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -95,12 +94,17 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			fmt.Fprintf(stdout, "%s\n", msg.Data())
 			continue
 		}
-		var rec decisionlog.Record
-		if err := json.Unmarshal(msg.Data(), &rec); err != nil {
-			fmt.Fprintf(stdout, "%s (unreadable record: %v)\n", msg.Subject(), err)
-			continue
+		// A record that does not verify is shown as such, never as a decision; one that cannot
+		// be read at all is named and skipped, and the tail goes on.
+		rec, err := decisionlog.CheckRecord(msg.Headers().Get(decisionlog.HeaderMsgID), msg.Data())
+		switch {
+		case rec == nil:
+			fmt.Fprintf(stdout, "UNREADABLE %s: %v\n", msg.Subject(), err)
+		case err != nil:
+			fmt.Fprintf(stdout, "UNVERIFIED %s (%v)\n", formatRecord(rec), err)
+		default:
+			fmt.Fprintln(stdout, formatRecord(rec))
 		}
-		fmt.Fprintln(stdout, formatRecord(&rec))
 	}
 	return nil
 }

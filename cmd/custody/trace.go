@@ -2,14 +2,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/custodyhq/custody/decisionlog"
+	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
 	"github.com/custodyhq/custody/decisionlog/trace"
 )
 
@@ -56,20 +55,22 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if write == nil {
 		return fmt.Errorf("%w: --format %q: want text, json, dot or mermaid", errUsage, format)
 	}
-	recs, err := readRecords(ctx, "trace", natsURL, creds, decisionlog.CorrelationFilters(corr))
+	entries, err := readRecords(ctx, "trace", natsURL, creds, decisionlog.CorrelationFilters(corr), stderr)
 	if err != nil {
 		return err
 	}
-	g := trace.Build(corr, recs)
+	g := trace.BuildEntries(corr, entries)
 	if len(g.Nodes) == 1 {
 		return fmt.Errorf("trace: no decisions or executions for correlation ID %q", corr)
 	}
 	return write(g, stdout)
 }
 
-// readRecords reads every decision and execution record on the given subject filters, from the
-// start of the stream to its current end. Filtering happens on the server.
-func readRecords(ctx context.Context, cmd, natsURL, creds string, filters []string) ([]decisionlog.Record, error) {
+// readRecords reads every decision and execution message on the given subject filters, from the
+// start of the stream to its current end (filtering happens on the server), and checks each: a
+// message that does not verify, or cannot be read at all, is kept as an unverified entry and
+// the read carries on.
+func readRecords(ctx context.Context, cmd, natsURL, creds string, filters []string, stderr io.Writer) ([]trace.Entry, error) {
 	nc, err := dialNATS(natsURL, creds, "custody "+cmd)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cmd, err)
@@ -83,30 +84,14 @@ func readRecords(ctx context.Context, cmd, natsURL, creds string, filters []stri
 	if err != nil {
 		return nil, fmt.Errorf("%s: stream %s: %w", cmd, decisionlog.StreamName, err)
 	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters, DeliverPolicy: jetstream.DeliverAllPolicy})
+	var out []trace.Entry
+	st, err := custodyjs.Read(ctx, stream, custodyjs.ReadOptions{Filters: filters}, func(m *custodyjs.Msg) error {
+		out = append(out, trace.Check(m.Seq, m.Subject, m.Header.Get(decisionlog.HeaderMsgID), m.Data))
+		return nil
+	})
+	reportRead(stderr, cmd, st)
 	if err != nil {
-		return nil, fmt.Errorf("%s: read stream %s: %w", cmd, decisionlog.StreamName, err)
+		return nil, fmt.Errorf("%s: read stream: %w", cmd, err)
 	}
-	var recs []decisionlog.Record
-	for {
-		batch, err := cons.FetchNoWait(1000)
-		if err != nil {
-			return nil, fmt.Errorf("%s: read stream: %w", cmd, err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			var r decisionlog.Record
-			if err := json.Unmarshal(m.Data(), &r); err != nil {
-				return nil, fmt.Errorf("%s: unreadable record on %s: %w", cmd, m.Subject(), err)
-			}
-			recs = append(recs, r)
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("%s: read stream: %w", cmd, err)
-		}
-		if n == 0 {
-			return recs, nil
-		}
-	}
+	return out, nil
 }

@@ -102,7 +102,8 @@ func TestChainedPublishLinksRecordsAndResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	head, err := custodyjs.RecoverHead(t.Context(), stream, "inst-a")
+	rec, err := custodyjs.RecoverHead(t.Context(), stream, "inst-a", verifiers)
+	head := rec.Head
 	if err != nil {
 		t.Fatal(err)
 	}

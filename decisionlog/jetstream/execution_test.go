@@ -32,7 +32,8 @@ func TestExecutionsAreChainedAndDecisionsFound(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	head, err := custodyjs.RecoverHead(t.Context(), stream, "inst-x")
+	rec, err := custodyjs.RecoverHead(t.Context(), stream, "inst-x", verifiers)
+	head := rec.Head
 	if err != nil {
 		t.Fatal(err)
 	}

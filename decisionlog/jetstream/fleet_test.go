@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/sumdb/note"
 
 	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
 	"github.com/custodyhq/custody/internal/natstest"
@@ -42,6 +43,7 @@ func TestSharedStreamWritersNeverExpectTheLastMessage(t *testing.T) {
 	}
 	var stream jetstream.Stream
 	sinks := make([]*custodyjs.Sink, 2)
+	verifiers := make([]note.Verifiers, 2)
 	for i := range sinks {
 		js, err := jetstream.New(natstest.Connect(t, ns))
 		if err != nil {
@@ -51,7 +53,8 @@ func TestSharedStreamWritersNeverExpectTheLastMessage(t *testing.T) {
 			t.Fatal(err)
 		}
 		inst := fmt.Sprintf("fleet-%d", i)
-		sig, _ := signer(t, inst)
+		sig, v := signer(t, inst)
+		verifiers[i] = v
 		// Window 1 is what serve uses on a stream a fleet may share.
 		sinks[i] = custodyjs.NewSink(js, custodyjs.WithChain(custodyjs.ChainConfig{
 			Instance: inst, Signer: sig, Stream: stream, Window: 1,
@@ -82,11 +85,11 @@ func TestSharedStreamWritersNeverExpectTheLastMessage(t *testing.T) {
 	for i, s := range sinks {
 		inst := fmt.Sprintf("fleet-%d", i)
 		checkAnsweredAreStored(t, s, chainOf(t, stream, inst), acked[i])
-		head, err := custodyjs.RecoverHead(t.Context(), stream, inst)
+		rec, err := custodyjs.RecoverHead(t.Context(), stream, inst, verifiers[i])
 		if err != nil {
 			t.Fatal(err)
 		}
-		if head != s.Head() {
+		if head := rec.Head; head != s.Head() {
 			t.Errorf("instance %d recovers at %+v, its head is %+v", i, head, s.Head())
 		}
 		if s.CheckpointedSeq() != s.Head().Seq {

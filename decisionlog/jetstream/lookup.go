@@ -2,11 +2,8 @@ package jetstream
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/custodyhq/custody/decisionlog"
 )
@@ -16,17 +13,20 @@ const DefaultLookupLimit = 10_000
 
 // Lookup finds decision records on the stream by decision ID. JetStream cannot fetch a message by
 // its Nats-Msg-Id, so Lookup reads the decisions of the report's correlation ID (a server-side
-// subject filter) and stops at the first match or after Limit messages. Without a correlation
-// ID it does not scan: the whole stream is too large to read per request.
+// subject filter), up to Limit of them. Without a correlation ID it does not scan: the whole
+// stream is too large to read per request.
+//
+// A message counts as the decision when its Nats-Msg-Id or its body names the decision ID. It
+// is returned only when it verifies (decisionlog.CheckRecord: sealed, decision_id equal to
+// Nats-Msg-Id) and no other verified record claims the same ID; otherwise Lookup returns an
+// error wrapping decisionlog.ErrUnverified, and the caller must not act on the decision.
 type Lookup struct {
-	Stream interface {
-		OrderedConsumer(ctx context.Context, cfg jetstream.OrderedConsumerConfig) (jetstream.Consumer, error)
-		Info(ctx context.Context, opts ...jetstream.StreamInfoOpt) (*jetstream.StreamInfo, error)
-	}
-	Limit int
+	Stream ReadStream
+	Limit  int
 }
 
-// Lookup returns the decision with ID decisionID, or nil when it is not among correlationID's.
+// Lookup returns the decision with ID decisionID, nil when it is not among correlationID's, or
+// an error wrapping decisionlog.ErrUnverified when only records that do not verify claim it.
 func (l *Lookup) Lookup(ctx context.Context, decisionID, correlationID string) (*decisionlog.Record, error) {
 	if correlationID == "" {
 		return nil, nil
@@ -35,44 +35,43 @@ func (l *Lookup) Lookup(ctx context.Context, decisionID, correlationID string) (
 	if limit <= 0 {
 		limit = DefaultLookupLimit
 	}
-	info, err := l.Stream.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: lookup decision: stream info: %w", err)
-	}
-	if info.State.Msgs == 0 {
-		return nil, nil
-	}
-	cons, err := l.Stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{decisionlog.DecisionFilter("", "", "", correlationID)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	var (
+		found      *decisionlog.Record
+		conflict   bool
+		unverified error
+	)
+	_, err := Read(ctx, l.Stream, ReadOptions{
+		Filters: []string{decisionlog.DecisionFilter("", "", "", correlationID)},
+		Limit:   limit,
+	}, func(m *Msg) error {
+		msgID := m.Header.Get(decisionlog.HeaderMsgID)
+		r, err := decisionlog.CheckRecord(msgID, m.Data)
+		if msgID != decisionID && (r == nil || r.DecisionID != decisionID) {
+			return nil
+		}
+		switch {
+		case err != nil:
+			if unverified == nil {
+				unverified = fmt.Errorf("stream seq %d: %w", m.Seq, err)
+			}
+		case found != nil && found.Hash != r.Hash:
+			conflict = true
+		case found == nil:
+			found = r
+		}
+		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: lookup decision: consumer: %w", err)
-	}
-	for read := 0; read < limit; {
-		batch, err := cons.FetchNoWait(min(500, limit-read))
-		if err != nil {
-			return nil, fmt.Errorf("jetstream: lookup decision: fetch: %w", err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			if m.Headers().Get(decisionlog.HeaderMsgID) != decisionID {
-				continue
-			}
-			var r decisionlog.Record
-			if err := json.Unmarshal(m.Data(), &r); err != nil {
-				return nil, fmt.Errorf("jetstream: lookup decision %s: %w", decisionID, err)
-			}
-			return &r, nil
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("jetstream: lookup decision: fetch: %w", err)
-		}
-		if n == 0 {
-			return nil, nil
-		}
-		read += n
+	switch {
+	case errors.Is(err, ErrReadLimit):
+		return nil, fmt.Errorf("jetstream: lookup decision %s: correlation ID %s has more than %d decisions: %w", decisionID, correlationID, limit, err)
+	case err != nil:
+		return nil, fmt.Errorf("jetstream: lookup decision %s: %w", decisionID, err)
+	case conflict:
+		return nil, fmt.Errorf("jetstream: lookup decision %s: %w: two different sealed records claim it", decisionID, decisionlog.ErrUnverified)
+	case found != nil:
+		return found, nil
+	case unverified != nil:
+		return nil, fmt.Errorf("jetstream: lookup decision %s: %w", decisionID, unverified)
 	}
 	return nil, nil
 }

@@ -68,7 +68,7 @@ func checkAnsweredAreStored(t *testing.T, sink *custodyjs.Sink, recs []decisionl
 
 func TestWindowedChainIsGaplessUnderConcurrency(t *testing.T) {
 	js, stream := setup(t, custodyjs.StreamConfig{})
-	sig, _ := signer(t, "inst-w")
+	sig, verifiers := signer(t, "inst-w")
 	sink := custodyjs.NewSink(js, custodyjs.WithChain(custodyjs.ChainConfig{
 		Instance: "inst-w", Signer: sig, CheckpointEvery: 50, Stream: stream, Window: 64,
 	}))
@@ -89,7 +89,8 @@ func TestWindowedChainIsGaplessUnderConcurrency(t *testing.T) {
 	if len(info.State.Subjects) == 0 {
 		t.Fatal("no checkpoint published")
 	}
-	head, err := custodyjs.RecoverHead(t.Context(), stream, "inst-w")
+	rec, err := custodyjs.RecoverHead(t.Context(), stream, "inst-w", verifiers)
+	head := rec.Head
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ const (
 	Attributed   = "attributed"   // a decision explains the line
 	Unattributed = "unattributed" // no decision explains it
 	Contradicted = "contradicted" // done after a deny, outside the receipt's action or resource, or after it expired
+	Unverified   = "unverified"   // its decision ID names only records that do not verify
 )
 
 // ClockSkew is how far after a log line a decision may be stamped and still precede it: system
@@ -58,6 +59,7 @@ type Summary struct {
 	Attributed   int `json:"attributed"`
 	Unattributed int `json:"unattributed"`
 	Contradicted int `json:"contradicted"`
+	Unverified   int `json:"unverified"`
 }
 
 // Correlation is what Correlate found.
@@ -67,7 +69,9 @@ type Correlation struct {
 }
 
 // Clean reports whether every line is attributed.
-func (c *Correlation) Clean() bool { return c.Summary.Unattributed == 0 && c.Summary.Contradicted == 0 }
+func (c *Correlation) Clean() bool {
+	return c.Summary.Unattributed == 0 && c.Summary.Contradicted == 0 && c.Summary.Unverified == 0
+}
 
 // Correlator joins log lines to decision records.
 type Correlator struct {
@@ -75,15 +79,33 @@ type Correlator struct {
 	ttl       time.Duration
 	byID      map[string]*decisionlog.Record
 	byCorrAct map[string][]*decisionlog.Record // correlation ID + "\x00" + action, in time order
-	out       Correlation
+	// unverified holds why each decision ID named only by records that do not verify does not.
+	unverified map[string]string
+	out        Correlation
 }
 
 // NewCorrelator indexes the decision records in recs (executions are ignored). ttl is how long a
 // decision explains an action, the receipt TTL.
 func NewCorrelator(recs []decisionlog.Record, f Fields, ttl time.Duration) *Correlator {
-	c := &Correlator{fields: f, ttl: ttl, byID: map[string]*decisionlog.Record{}, byCorrAct: map[string][]*decisionlog.Record{}, out: Correlation{Lines: []LineResult{}}}
-	for i := range recs {
-		r := &recs[i]
+	return NewCorrelatorEntries(Verified(recs), f, ttl)
+}
+
+// NewCorrelatorEntries is NewCorrelator for messages read from the stream: a line whose
+// decision ID names only messages that do not verify is judged unverified, never attributed.
+func NewCorrelatorEntries(entries []Entry, f Fields, ttl time.Duration) *Correlator {
+	c := &Correlator{fields: f, ttl: ttl, byID: map[string]*decisionlog.Record{}, byCorrAct: map[string][]*decisionlog.Record{},
+		unverified: map[string]string{}, out: Correlation{Lines: []LineResult{}}}
+	for _, e := range entries {
+		if e.Unverified != "" {
+			if e.MsgID != "" {
+				c.unverified[e.MsgID] = e.Unverified
+			}
+			if e.Record != nil && e.Record.DecisionID != "" {
+				c.unverified[e.Record.DecisionID] = e.Unverified
+			}
+			continue
+		}
+		r := e.Record
 		if r.Schema != decisionlog.SchemaDecisionV1 {
 			continue
 		}
@@ -110,6 +132,8 @@ func (c *Correlator) Add(name string, line []byte) {
 		c.out.Summary.Unattributed++
 	case Contradicted:
 		c.out.Summary.Contradicted++
+	case Unverified:
+		c.out.Summary.Unverified++
 	}
 }
 
@@ -140,6 +164,9 @@ func (c *Correlator) judge(line []byte) LineResult {
 
 	if decisionID != "" {
 		d, ok := c.byID[decisionID]
+		if why, forged := c.unverified[decisionID]; !ok && forged {
+			return LineResult{Status: Unverified, DecisionID: decisionID, CorrelationID: corr, Reason: "decision " + decisionID + " is on the stream only as a record that does not verify (" + why + ")"}
+		}
 		if !ok {
 			return LineResult{Status: Unattributed, DecisionID: decisionID, CorrelationID: corr, Reason: "decision " + decisionID + " is not on the stream"}
 		}

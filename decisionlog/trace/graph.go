@@ -54,9 +54,23 @@ type Graph struct {
 // (nested by parent_id) -> agents -> decisions (in time order, retries as attempts) ->
 // executions. Records of other correlation IDs are ignored.
 func Build(correlationID string, recs []decisionlog.Record) *Graph {
+	return BuildEntries(correlationID, Verified(recs))
+}
+
+// BuildEntries is Build for messages read from the stream: those that do not verify become
+// unverified nodes under the request, and are neither counted nor linked as decisions.
+func BuildEntries(correlationID string, entries []Entry) *Graph {
 	g := &Graph{CorrelationID: correlationID, Nodes: []Node{}, Edges: []Edge{}, byID: map[string]int{}, children: map[string][]string{}}
 	var decisions, executions []decisionlog.Record
-	for _, r := range recs {
+	var unverified []Entry
+	for _, e := range entries {
+		if e.Unverified != "" {
+			if e.Record == nil || e.Record.CorrelationID == correlationID {
+				unverified = append(unverified, e)
+			}
+			continue
+		}
+		r := *e.Record
 		if r.CorrelationID != correlationID {
 			continue
 		}
@@ -174,7 +188,21 @@ func Build(correlationID string, recs []decisionlog.Record) *Graph {
 		}
 		g.add(Node{ID: "execution:" + e.ExecutionID, Kind: KindExecution, Label: "execution " + status, Time: ptr(at), Outcome: status, Detail: det}, parent, "executed")
 	}
+	for i, e := range unverified {
+		det := map[string]any{"reason": e.Unverified, "stream_seq": e.Seq, "subject": e.Subject}
+		label := "unreadable message"
+		var at *time.Time
+		if r := e.Record; r != nil {
+			det["decision_id"], det["claims"], det["action"] = r.DecisionID, r.Outcome(), r.Action.Name
+			label = "unverified record"
+			if !r.Timestamp.IsZero() {
+				at = ptr(r.Timestamp)
+			}
+		}
+		g.add(Node{ID: fmt.Sprintf("unverified:%d:%d", e.Seq, i), Kind: KindUnverified, Label: label, Time: at, Outcome: KindUnverified, Detail: det}, root, "unverified")
+	}
 	rd := g.Nodes[0].Detail
+	rd["unverified"] = len(unverified)
 	rd["humans"] = humans
 	rd["decisions"] = len(decisions)
 	rd["allows"], rd["denies"] = allows, denies
@@ -241,6 +269,9 @@ func (g *Graph) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "  first decision %s\n", root.Time.UTC().Format(time.RFC3339Nano))
 	}
 	fmt.Fprintf(&b, "  %d decisions (%d allow, %d deny), %d executions, %d flagged as violations\n", d["decisions"], d["allows"], d["denies"], d["executions"], d["violations"])
+	if n, _ := d["unverified"].(int); n > 0 {
+		fmt.Fprintf(&b, "  %d messages that do not verify, not counted: forged or damaged (run custody verify)\n", n)
+	}
 	var walk func(id, indent string)
 	walk = func(id, indent string) {
 		kids := g.children[id]
@@ -273,6 +304,11 @@ func (g *Graph) line(n *Node) string {
 			s += fmt.Sprintf(" reasons=%s", strings.Join(n.Detail["reasons"].([]string), ","))
 		}
 		return s + fmt.Sprintf(" decision=%s", n.Detail["decision_id"])
+	case KindUnverified:
+		if _, ok := n.Detail["decision_id"]; !ok {
+			return fmt.Sprintf("UNREADABLE message at stream seq %v on %v: %v", n.Detail["stream_seq"], n.Detail["subject"], n.Detail["reason"])
+		}
+		return fmt.Sprintf("%sUNVERIFIED decision=%v claims %v %v: %v", at, n.Detail["decision_id"], n.Detail["claims"], n.Detail["action"], n.Detail["reason"])
 	case KindExecution:
 		s := fmt.Sprintf("%sexecution %s on %s", at, n.Outcome, n.Detail["system"])
 		if r, ok := n.Detail["request_id"]; ok {

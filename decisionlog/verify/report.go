@@ -38,6 +38,13 @@ const (
 	WrongSubject Kind = "wrong_subject"
 	// Unparseable: a message that is not JSON, or not of a known schema.
 	Unparseable Kind = "unparseable"
+	// Unchained: records without seq and hash, which nothing vouches for (anyone who may publish
+	// can write one). A break under RequireSigned, else a warning.
+	Unchained Kind = "unchained"
+	// Unsigned: an instance with records but no checkpoint verified by its own key, or a given
+	// key that verified no checkpoint at all (its instance's records are gone). A break under
+	// RequireSigned, else a warning.
+	Unsigned Kind = "unsigned"
 )
 
 // Break is one piece of evidence that the stream is not what custody wrote.
@@ -85,6 +92,9 @@ type Report struct {
 	SignaturesChecked bool
 	Chains            []Chain // by instance name
 	Breaks            []Break // by instance, seq, message
+	// Warnings are what RequireSigned would make breaks: unchained records and instances
+	// without a verified checkpoint. They do not fail the report, but nothing attests them.
+	Warnings []Break
 }
 
 // OK reports whether the stream showed no break.
@@ -146,6 +156,9 @@ func (r *Report) Summary(w io.Writer) error {
 		if c.Unchained > 0 {
 			p.printf("  unchained    %d %s without seq and hash (from before the chain): nothing protects them\n", c.Unchained, plural(uint64(c.Unchained), "record", "records"))
 		}
+	}
+	for _, w := range r.Warnings {
+		p.printf("WARNING: %s\n", w)
 	}
 	if r.OK() {
 		p.printf("OK: no breaks\n")

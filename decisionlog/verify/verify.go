@@ -45,12 +45,30 @@ type Checker struct {
 	decisions   map[string]int // decision_id -> message number where first seen
 	checkpoints []checkpoint
 	breaks      []Break // found while reading; Report adds those that need the whole stream
+	strict      bool
+	keyNames    []string // with strict: the names of the keys given
+}
+
+// Option changes how a Checker judges the stream.
+type Option func(*Checker)
+
+// RequireSigned makes unattested records breaks: an unchained record; an instance none of whose
+// checkpoints verifies with its own key (named decisionlog.SigningKeyName(instance)) among the
+// given keys, whose names are keyNames; and a stream on which no given key verified anything
+// (wiped, or not the stream the keys are for). A given key that verified nothing while others
+// did is a warning: a fleet's key file may name retired instances.
+func RequireSigned(keyNames ...string) Option {
+	return func(c *Checker) { c.strict, c.keyNames = true, keyNames }
 }
 
 // NewChecker returns a Checker that verifies checkpoint signatures with verifiers, or does not
 // check them when verifiers is nil.
-func NewChecker(verifiers note.Verifiers) *Checker {
-	return &Checker{verifiers: verifiers, chains: map[string]*chain{}, decisions: map[string]int{}}
+func NewChecker(verifiers note.Verifiers, opts ...Option) *Checker {
+	c := &Checker{verifiers: verifiers, chains: map[string]*chain{}, decisions: map[string]int{}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // digest is a SHA-256 hash: a record's hash or prev_hash, decoded.
@@ -95,7 +113,9 @@ type chain struct {
 	maxMsg      int    // the message that carried maxSeq
 	firstMsg    int    // the message of the first chained record
 	checkpoints int    // checkpoints that parsed (and verified, when signatures are checked)
-	signers     map[string]bool
+	// firstUnchained is the message of the first unchained record.
+	firstUnchained int
+	signers        map[string]bool
 }
 
 // at appends the records at seq to buf[:0] and returns it: the first seen, then any forks.
@@ -217,6 +237,9 @@ func (c *Checker) addDecision(m Message, msg int, w *wire) {
 	if seq == 0 {
 		c.unchained++
 		ch.unchained++
+		if ch.firstUnchained == 0 {
+			ch.firstUnchained = msg
+		}
 		c.checkDecisionID(w, inst, seq, msg)
 		if w.Hash != "" || w.PrevHash != "" {
 			c.report(Break{Instance: inst, Seq: 0, Kind: Edited, Msg: msg, Detail: fmt.Sprintf(
@@ -404,23 +427,81 @@ func (c *Checker) Report() *Report {
 	for _, cp := range c.checkpoints {
 		byInstance[cp.instance] = append(byInstance[cp.instance], cp)
 	}
+	signedBy := map[string]bool{}
+	var unattested []Break
 	for _, name := range slices.Sorted(maps.Keys(c.chains)) {
 		ch := c.chains[name]
-		sum, breaks := ch.verify(byInstance[name])
+		sum, breaks := ch.verify(byInstance[name], c.verifiers != nil)
 		if c.verifiers != nil {
 			sum.CheckpointsVerified = sum.Checkpoints
 		}
 		r.Chains = append(r.Chains, sum)
 		r.Breaks = append(r.Breaks, breaks...)
+		for s := range ch.signers {
+			signedBy[s] = true
+		}
+		unattested = append(unattested, c.unattested(ch)...)
 	}
-	slices.SortStableFunc(r.Breaks, func(a, b Break) int {
+	var unused []Break
+	if c.strict {
+		reported := map[string]bool{} // instances already reported as unsigned, by key name
+		for _, b := range unattested {
+			if b.Kind == Unsigned {
+				reported[decisionlog.SigningKeyName(b.Instance)] = true
+			}
+		}
+		for _, k := range c.keyNames {
+			if !signedBy[k] && !reported[k] {
+				unused = append(unused, Break{Instance: strings.TrimPrefix(k, "custody-"), Kind: Unsigned, Detail: fmt.Sprintf(
+					"key %s verified no checkpoint on the stream: its instance's records and checkpoints are gone, or the key is not in use", printable(k))})
+			}
+		}
+		if len(signedBy) == 0 && len(c.keyNames) > 0 {
+			// Nothing on the stream is signed by any given key: wiped, or the wrong stream.
+			unattested = append(unattested, unused...)
+			unused = nil
+		}
+		r.Breaks = append(r.Breaks, unattested...)
+		r.Warnings = unused
+	} else {
+		r.Warnings = unattested
+	}
+	order := func(a, b Break) int {
 		return cmp.Or(cmp.Compare(a.Instance, b.Instance), cmp.Compare(a.Seq, b.Seq), cmp.Compare(a.Msg, b.Msg), cmp.Compare(a.Kind, b.Kind))
-	})
+	}
+	slices.SortStableFunc(r.Breaks, order)
+	slices.SortStableFunc(r.Warnings, order)
 	return r
 }
 
+// unattested lists what nothing vouches for in ch: unchained records, and chained records
+// without a checkpoint verified by the instance's own key.
+func (c *Checker) unattested(ch *chain) []Break {
+	var out []Break
+	if ch.unchained > 0 {
+		out = append(out, Break{Instance: ch.name, Kind: Unchained, Msg: ch.firstUnchained, Detail: fmt.Sprintf(
+			"%d %s without seq and hash (first at message %d): nothing vouches for them, anyone who may publish could have written them",
+			ch.unchained, plural(uint64(ch.unchained), "record", "records"), ch.firstUnchained)})
+	}
+	if ch.count == 0 && ch.unchained == 0 {
+		return out // only checkpoints
+	}
+	own := decisionlog.SigningKeyName(ch.name)
+	switch {
+	case c.verifiers == nil:
+		out = append(out, Break{Instance: ch.name, Kind: Unsigned, Detail: "no checkpoint signature was checked (no --pubkey): nothing shows custody wrote these records"})
+	case ch.checkpoints == 0:
+		out = append(out, Break{Instance: ch.name, Kind: Unsigned, Detail: fmt.Sprintf(
+			"no checkpoint of this instance verifies with the given keys: a forged instance, or its key %s is missing from --pubkey", printable(own))})
+	case c.strict && !ch.signers[own]:
+		out = append(out, Break{Instance: ch.name, Kind: Unsigned, Detail: fmt.Sprintf(
+			"its checkpoints are signed only by %s, not by its own key %s: the instance is not in --pubkey", strings.Join(slices.Sorted(maps.Keys(ch.signers)), ", "), printable(own))})
+	}
+	return out
+}
+
 // verify runs the whole-stream checks of one instance's chain against its checkpoints.
-func (ch *chain) verify(cps []checkpoint) (Chain, []Break) {
+func (ch *chain) verify(cps []checkpoint, signed bool) (Chain, []Break) {
 	sum := Chain{
 		Instance:    ch.name,
 		Records:     ch.count,
@@ -512,10 +593,13 @@ func (ch *chain) verify(cps []checkpoint) (Chain, []Break) {
 	}
 
 	// Checkpoints: the chain must reach each one, and hold the hash it commits to.
-	var beyond *checkpoint
+	var beyond, last *checkpoint
 	for i := range cps {
 		cp := &cps[i]
 		s := cp.head.Seq
+		if last == nil || s > last.head.Seq {
+			last = cp
+		}
 		switch {
 		case s > ch.maxSeq:
 			if beyond == nil || s > beyond.head.Seq {
@@ -535,6 +619,13 @@ func (ch *chain) verify(cps []checkpoint) (Chain, []Break) {
 			add(s, CheckpointMismatch, cp.msg, "the checkpoint at message %d commits seq %d to hash %s, but the record (message %d) hashes to %s: the record was replaced and re-hashed, or the checkpoint forged",
 				cp.msg, s, cp.digest.short(), cur[0].msg, hashes(cur))
 		}
+	}
+	// A verified last checkpoint vouches that its record was written: when that record is no
+	// longer on the stream while later ones are, records were removed (or the checkpoint
+	// outlived its records under retention, which an idle instance's last checkpoint can).
+	if signed && last != nil && ch.count > 0 && last.head.Seq < ch.minSeq {
+		add(last.head.Seq, Truncated, last.msg, "the last checkpoint (message %d) commits to seq %d, which is no longer on the stream: the chain now starts at seq %d, so records up to seq %d were removed or expired",
+			last.msg, last.head.Seq, ch.minSeq, ch.minSeq-1)
 	}
 	if beyond != nil {
 		s := beyond.head.Seq
