@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/custodyhq/custody/decisionlog"
+	"github.com/custodyhq/custody/internal/natstest"
 	"github.com/custodyhq/custody/pdp"
 )
 
@@ -83,8 +84,12 @@ func forgeAll(t *testing.T, natsURL string) {
 // TestReadersCallForgedRecordsUnverified: trace, correlate and POST /v1/executions treated a
 // forged allow as real, and one record no Go integer could hold aborted trace and correlate.
 // Now each is read, reported as unverified (or unreadable), and never counted as a decision.
+//
+// The forger needs write access to the stream: the embedded server gives it to nobody, so this
+// runs against a NATS server that takes anyone, as a carelessly run external one would.
 func TestReadersCallForgedRecordsUnverified(t *testing.T) {
-	c := startCustody(t, "")
+	ns := natstest.Start(t)
+	c := startCustody(t, "", "--nats-url", ns.ClientURL(), "--record-mode", "ack")
 	var d receiptAnswer
 	body := call{task: "t-1", attempt: 1, agent: "mailer", tool: "send_email", resource: "alice"}.body()
 	if st := postJSON(t, c.HTTP+"/v1/authorize", body, &d); st != 200 || !d.Allow {
