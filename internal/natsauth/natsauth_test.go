@@ -380,3 +380,48 @@ func TestDeletingReaderCredsRevokes(t *testing.T) {
 	}
 	nc.Close()
 }
+
+// TestUpgradeKeepsTheStream: a data dir written before authentication (the stream in the
+// server's global account) keeps its stream and records when the server starts in operator mode.
+func TestUpgradeKeepsTheStream(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "js")
+	old := natstest.StartAt(t, "127.0.0.1:0", store)
+	js, _ := jetstream.New(natstest.Connect(t, old))
+	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: decisionlog.StreamName, Subjects: []string{decisionlog.StreamSubjects}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := js.Publish(t.Context(), "custody.decision.allow.a.t.c", []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	natstest.Shutdown(old)
+
+	trust, err := natsauth.LoadOrCreate(filepath.Join(dir, "nats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, err := trust.EnsureReaderCreds()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := embeddednats.Start(embeddednats.Config{Listen: "127.0.0.1:0", StoreDir: store, Accounts: trust})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer natstest.Shutdown(ns)
+	nc, err := nats.Connect(ns.ClientURL(), nats.UserCredentials(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	rjs, _ := jetstream.New(nc)
+	s, err := rjs.Stream(t.Context(), decisionlog.StreamName)
+	if err != nil {
+		t.Fatalf("the stream after the upgrade: %v", err)
+	}
+	if n := s.CachedInfo().State.Msgs; n != 3 {
+		t.Fatalf("%d records after the upgrade, want 3", n)
+	}
+}
