@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,15 +21,50 @@ import (
 	"github.com/custodyhq/custody/internal/natstest"
 )
 
-// fleetTally is what the callers of a fleet learned, by decision ID.
+// fleetTally is what the callers of a fleet learned, by decision ID, and in which phase.
 type fleetTally struct {
 	mu       sync.Mutex
-	answered map[string]bool // 200: allow or deny, must be stored exactly once
-	refused  map[string]bool // 503 deny: may or may not be stored, never twice
-	failed   int             // no HTTP answer at all
+	phase    string
+	answered map[string]string // 200 (allow or deny) -> phase: must be stored exactly once
+	refused  map[string]string // 503 deny -> phase: may or may not be stored, never twice
+	failed   map[string]int    // phase -> requests with no HTTP answer at all
+	began    map[string]time.Time
+	ended    map[string]time.Time
+	order    []string
+}
+
+func newFleetTally() *fleetTally {
+	return &fleetTally{answered: map[string]string{}, refused: map[string]string{}, failed: map[string]int{},
+		began: map[string]time.Time{}, ended: map[string]time.Time{}}
 }
 
 func (f *fleetTally) count() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.answered) }
+
+func (f *fleetTally) enter(phase string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.phase != "" {
+		f.ended[f.phase] = time.Now()
+	}
+	f.phase = phase
+	f.began[phase] = time.Now()
+	f.order = append(f.order, phase)
+}
+
+// fleetFault is one step of a fleet scenario: what is done to the cluster or to custody, and
+// how many more answers to wait for afterwards.
+type fleetFault struct {
+	name    string
+	do      func(t *testing.T, cl *natstest.Cluster, fleet []*fleetMember)
+	answers int
+}
+
+// fleetMember is one custody instance of the fleet; a SIGKILLed member restarts on its data dir.
+type fleetMember struct {
+	dir  string
+	args []string
+	c    atomic.Pointer[custody]
+}
 
 // TestFleetOnAClusterSurvivesLeaderKill runs two custody instances in each record mode on a
 // 3-node JetStream cluster with an R3 stream, under concurrent load, while the stream leader is
@@ -35,11 +73,89 @@ func (f *fleetTally) count() int { f.mu.Lock(); defer f.mu.Unlock(); return len(
 // wedged the stream), and the stream still takes records afterwards.
 func TestFleetOnAClusterSurvivesLeaderKill(t *testing.T) {
 	for _, mode := range []string{"spool", "ack"} {
-		t.Run(mode, func(t *testing.T) { fleetUnderLeaderKill(t, mode) })
+		t.Run(mode, func(t *testing.T) {
+			runFleet(t, mode, 4, 300, []fleetFault{
+				{"leader killed", killStreamLeader, 300},
+				{"leader restarted", restartKilled, 300},
+			})
+		})
 	}
 }
 
-func fleetUnderLeaderKill(t *testing.T, mode string) {
+// TestFleetSoak is the long form, run by hand (CUSTODY_FLEET_SOAK=1 go test ./test -run
+// TestFleetSoak -v -timeout 30m): more load, and every fault in turn: the stream leader killed
+// and restarted, a follower killed and restarted, the quorum lost and restored, a custody
+// instance SIGKILLed and restarted on its data dir. It logs answered, lost, duplicated and 503
+// per fault and mode, and the decision rate.
+func TestFleetSoak(t *testing.T) {
+	if os.Getenv("CUSTODY_FLEET_SOAK") == "" {
+		t.Skip("set CUSTODY_FLEET_SOAK=1 to run the fleet soak")
+	}
+	n := 3000
+	if v, err := strconv.Atoi(os.Getenv("CUSTODY_FLEET_SOAK_ANSWERS")); err == nil && v > 0 {
+		n = v
+	}
+	for _, mode := range []string{"spool", "ack"} {
+		t.Run(mode, func(t *testing.T) {
+			runFleet(t, mode, 16, n, []fleetFault{
+				{"leader killed", killStreamLeader, n},
+				{"leader restarted", restartKilled, n},
+				{"follower killed", killFollower, n},
+				{"follower restarted", restartKilled, n},
+				{"quorum lost", killTwo, n / 10},
+				{"quorum restored", restartKilled, n},
+				{"custody SIGKILL and restart", sigkillCustody, n},
+			})
+		})
+	}
+}
+
+var killedNodes []int
+
+func killStreamLeader(t *testing.T, cl *natstest.Cluster, _ []*fleetMember) {
+	leader := cl.StreamLeader(decisionlog.StreamName)
+	if leader < 0 {
+		t.Fatal("the stream has no leader before the fault")
+	}
+	cl.Kill(leader)
+	killedNodes = []int{leader}
+}
+
+func killFollower(t *testing.T, cl *natstest.Cluster, _ []*fleetMember) {
+	leader := cl.StreamLeader(decisionlog.StreamName)
+	if leader < 0 {
+		t.Fatal("the stream has no leader before the fault")
+	}
+	f := (leader + 1) % 3
+	cl.Kill(f)
+	killedNodes = []int{f}
+}
+
+func killTwo(t *testing.T, cl *natstest.Cluster, _ []*fleetMember) {
+	leader := cl.StreamLeader(decisionlog.StreamName)
+	if leader < 0 {
+		leader = 0
+	}
+	killedNodes = []int{leader, (leader + 1) % 3}
+	for _, i := range killedNodes {
+		cl.Kill(i)
+	}
+}
+
+func restartKilled(t *testing.T, cl *natstest.Cluster, _ []*fleetMember) {
+	for _, i := range killedNodes {
+		cl.Restart(i)
+	}
+	killedNodes = nil
+}
+
+func sigkillCustody(t *testing.T, _ *natstest.Cluster, fleet []*fleetMember) {
+	m := fleet[0]
+	m.c.Load().Kill()
+	m.c.Store(startCustody(t, m.dir, m.args...))
+}
+
+func runFleet(t *testing.T, mode string, workers, first int, faults []fleetFault) {
 	cl := natstest.StartCluster(t, 3)
 	nc := natstest.ConnectURL(t, cl.URLs())
 	js, err := jetstream.New(nc)
@@ -54,14 +170,18 @@ func fleetUnderLeaderKill(t *testing.T, mode string) {
 	})
 	args := []string{"--nats-url", cl.URLs(), "--stream-replicas", "3", "--record-mode", mode,
 		"--checkpoint-every", "100", "--checkpoint-interval", "500ms", "--publish-timeout", "2s", "--log-level", "info"}
-	fleet := []*custody{startCustody(t, "", args...), startCustody(t, "", args...)}
+	fleet := []*fleetMember{{dir: t.TempDir(), args: args}, {dir: t.TempDir(), args: args}}
+	for _, m := range fleet {
+		m.c.Store(startCustody(t, m.dir, args...))
+	}
 
-	tally := &fleetTally{answered: map[string]bool{}, refused: map[string]bool{}}
+	tally := newFleetTally()
+	tally.enter("steady")
 	client := &http.Client{Timeout: 20 * time.Second}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for _, c := range fleet {
-		for w := range 4 {
+	for _, m := range fleet {
+		for w := range workers {
 			body := allowBody
 			if w%2 == 1 {
 				body = denyBody
@@ -73,17 +193,17 @@ func fleetUnderLeaderKill(t *testing.T, mode string) {
 						return
 					default:
 					}
-					a, err := authorize(t, client, c.HTTP, body)
+					a, err := authorize(t, client, m.c.Load().HTTP, body)
 					tally.mu.Lock()
 					switch {
 					case err != nil:
-						tally.failed++
+						tally.failed[tally.phase]++
 					case a.Status == http.StatusOK:
-						tally.answered[a.DecisionID] = true
+						tally.answered[a.DecisionID] = tally.phase
 					case a.Status == http.StatusServiceUnavailable && a.DecisionID != "":
-						tally.refused[a.DecisionID] = true
+						tally.refused[a.DecisionID] = tally.phase
 					default:
-						tally.failed++
+						tally.failed[tally.phase]++
 					}
 					tally.mu.Unlock()
 				}
@@ -92,26 +212,24 @@ func fleetUnderLeaderKill(t *testing.T, mode string) {
 	}
 	waitAnswered := func(n int, what string) {
 		t.Helper()
-		natstest.CheckFor(t, 45*time.Second, 20*time.Millisecond, func() error {
+		natstest.CheckFor(t, 120*time.Second, 20*time.Millisecond, func() error {
 			if got := tally.count(); got < n {
 				return fmt.Errorf("%s: %d of %d answered", what, got, n)
 			}
 			return nil
 		})
 	}
-	waitAnswered(300, "before the fault")
-	leader := cl.StreamLeader(decisionlog.StreamName)
-	if leader < 0 {
-		t.Fatal("the stream has no leader before the fault")
+	waitAnswered(first, "before the faults")
+	for _, f := range faults {
+		tally.enter(f.name)
+		f.do(t, cl, fleet)
+		waitAnswered(tally.count()+f.answers, f.name)
 	}
-	cl.Kill(leader)
-	waitAnswered(tally.count()+300, "leader killed")
-	cl.Restart(leader)
-	waitAnswered(tally.count()+300, "leader restarted")
 	close(stop)
 	wg.Wait()
-	for _, c := range fleet {
-		c.Stop(t) // drains a spool and leaves a final checkpoint
+	tally.enter("")
+	for _, m := range fleet {
+		m.c.Load().Stop(t) // drains a spool and leaves a final checkpoint
 	}
 
 	natstest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
@@ -133,26 +251,46 @@ func fleetUnderLeaderKill(t *testing.T, mode string) {
 		stored[m.Record.DecisionID]++
 		seqs[m.Record.PDP.Instance] = append(seqs[m.Record.PDP.Instance], m.Record.Seq)
 	}
-	lost, dup, refusedStored := 0, 0, 0
-	for id := range tally.answered {
+	type counts struct{ answered, lost, dup, refused, refusedStored int }
+	per := map[string]*counts{}
+	for _, ph := range tally.order {
+		per[ph] = &counts{}
+	}
+	lostAll, dupAll := 0, 0
+	for id, ph := range tally.answered {
+		c := per[ph]
+		c.answered++
 		if stored[id] == 0 {
-			lost++
+			c.lost++
+			lostAll++
 		}
 	}
-	for id := range tally.refused {
+	for id, ph := range tally.refused {
+		per[ph].refused++
 		if stored[id] > 0 {
-			refusedStored++
+			per[ph].refusedStored++
 		}
 	}
-	for _, n := range stored {
+	for id, n := range stored {
 		if n > 1 {
-			dup++
+			dupAll++
+			if ph, ok := tally.answered[id]; ok {
+				per[ph].dup++
+			}
 		}
 	}
-	t.Logf("mode %s, leader n%d killed and restarted: answered %d, lost %d, duplicated %d, 503 %d (of which stored %d), no answer %d, stored records %d",
-		mode, leader, len(tally.answered), lost, dup, len(tally.refused), refusedStored, tally.failed, len(stored))
-	if lost > 0 || dup > 0 {
-		t.Errorf("%d answered decisions lost, %d stored more than once", lost, dup)
+	for _, ph := range tally.order {
+		if ph == "" {
+			continue
+		}
+		c := per[ph]
+		secs := tally.ended[ph].Sub(tally.began[ph]).Seconds()
+		t.Logf("mode %-5s %-28s answered %6d (%4.0f/s)  lost %d  duplicated %d  503 %d (stored anyway %d)  no answer %d",
+			mode, ph, c.answered, float64(c.answered)/secs, c.lost, c.dup, c.refused, c.refusedStored, tally.failed[ph])
+	}
+	t.Logf("mode %s: %d answered, %d stored decision records", mode, len(tally.answered), len(stored))
+	if lostAll > 0 || dupAll > 0 {
+		t.Errorf("%d answered decisions lost, %d stored more than once", lostAll, dupAll)
 	}
 	if len(seqs) != len(fleet) {
 		t.Errorf("records from %d instances, want %d", len(seqs), len(fleet))
@@ -168,8 +306,10 @@ func fleetUnderLeaderKill(t *testing.T, mode string) {
 	}
 
 	// Still healthy: the stream takes a record.
-	if _, err := js.Publish(ctx, decisionlog.CheckpointSubject("probe"), []byte(`{}`), jetstream.WithMsgID(nats.NewInbox())); err != nil {
-		t.Errorf("the stream refuses a record after the fault: %v", err)
+	pctx, pcancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer pcancel()
+	if _, err := js.Publish(pctx, decisionlog.CheckpointSubject("probe"), []byte(`{}`), jetstream.WithMsgID(nats.NewInbox())); err != nil {
+		t.Errorf("the stream refuses a record after the faults: %v", err)
 	}
 }
 
