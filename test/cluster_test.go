@@ -56,7 +56,8 @@ func (f *fleetTally) enter(phase string) {
 type fleetFault struct {
 	name    string
 	do      func(t *testing.T, cl *natstest.Cluster, fleet []*fleetMember)
-	answers int
+	answers int           // wait for this many more answers, or
+	hold    time.Duration // for this long (a fault during which no answer may come)
 }
 
 // fleetMember is one custody instance of the fleet; a SIGKILLed member restarts on its data dir.
@@ -75,8 +76,8 @@ func TestFleetOnAClusterSurvivesLeaderKill(t *testing.T) {
 	for _, mode := range []string{"spool", "ack"} {
 		t.Run(mode, func(t *testing.T) {
 			runFleet(t, mode, 4, 300, []fleetFault{
-				{"leader killed", killStreamLeader, 300},
-				{"leader restarted", restartKilled, 300},
+				{"leader killed", killStreamLeader, 300, 0},
+				{"leader restarted", restartKilled, 300, 0},
 			})
 		})
 	}
@@ -98,13 +99,13 @@ func TestFleetSoak(t *testing.T) {
 	for _, mode := range []string{"spool", "ack"} {
 		t.Run(mode, func(t *testing.T) {
 			runFleet(t, mode, 16, n, []fleetFault{
-				{"leader killed", killStreamLeader, n},
-				{"leader restarted", restartKilled, n},
-				{"follower killed", killFollower, n},
-				{"follower restarted", restartKilled, n},
-				{"quorum lost", killTwo, n / 10},
-				{"quorum restored", restartKilled, n},
-				{"custody SIGKILL and restart", sigkillCustody, n},
+				{"leader killed", killStreamLeader, n, 0},
+				{"leader restarted", restartKilled, n, 0},
+				{"follower killed", killFollower, n, 0},
+				{"follower restarted", restartKilled, n, 0},
+				{"quorum lost", killTwo, 0, 10 * time.Second},
+				{"quorum restored", restartKilled, n, 0},
+				{"custody SIGKILL and restart", sigkillCustody, n, 0},
 			})
 		})
 	}
@@ -223,6 +224,10 @@ func runFleet(t *testing.T, mode string, workers, first int, faults []fleetFault
 	for _, f := range faults {
 		tally.enter(f.name)
 		f.do(t, cl, fleet)
+		if f.hold > 0 {
+			time.Sleep(f.hold) // the fault's duration is the point here, not a synchronisation
+			continue
+		}
 		waitAnswered(tally.count()+f.answers, f.name)
 	}
 	close(stop)
