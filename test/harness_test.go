@@ -111,7 +111,7 @@ func launchCustody(t *testing.T, dataDir string, args ...string) (*custody, erro
 		// server takes anyone.
 		if creds := filepath.Join(dataDir, "nats", "reader.creds"); fileExists(creds) {
 			c.Creds = creds
-			readerCreds.Store(c.NATS, c.Creds)
+			rememberReaderCreds(t, c.NATS, c.Creds)
 		}
 	case <-c.exited:
 		return nil, fmt.Errorf("custody exited before serving:\n%s", c.Logs())
@@ -203,6 +203,13 @@ func fileExists(path string) bool {
 // readerCreds maps the NATS URL of each custody started by a test to its reader credential, so
 // that a test reading a stream needs only the URL.
 var readerCreds sync.Map
+
+// rememberReaderCreds maps url to creds until t ends: a later test's server may get the same
+// port, and must not be dialled with this one's credential.
+func rememberReaderCreds(t *testing.T, url, creds string) {
+	readerCreds.Store(url, creds)
+	t.Cleanup(func() { readerCreds.CompareAndDelete(url, creds) })
+}
 
 // connectReader connects to natsURL with the reader credential of the custody serving it, if any.
 func connectReader(t *testing.T, natsURL string) *nats.Conn {

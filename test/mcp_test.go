@@ -70,7 +70,7 @@ func TestMCPGateway(t *testing.T) {
 				var e map[string]any
 				if json.Unmarshal([]byte(line), &e) == nil && e["message"] == "custody serving" {
 					url := e["nats_url"].(string)
-					readerCreds.Store(url, filepath.Join(dataDir, "nats", "reader.creds"))
+					rememberReaderCreds(t, url, filepath.Join(dataDir, "nats", "reader.creds"))
 					return url
 				}
 			}
