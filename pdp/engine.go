@@ -154,7 +154,7 @@ func (e *Engine) Load(ctx context.Context, set PolicySet) error {
 		Memo:     "off",
 	}}
 	if e.memoSize > 0 {
-		proj, err := analyzeInputUse(set.Bundle)
+		proj, err := analyzeInputUse(set.Bundle, e.query)
 		if err != nil {
 			p.info.Memo = "off: " + err.Error()
 		} else {

@@ -1,0 +1,212 @@
+package pdp_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/custodyhq/custody/pdp"
+)
+
+// memoCase is a policy set, a decision query and a sequence of inputs: each input is decided
+// with the memo and without it, and the two must agree, in order, so that an earlier input's
+// remembered decision is offered to every later one.
+type memoCase struct {
+	name   string
+	files  map[string]string
+	query  string // empty: pdp.DefaultQuery
+	inputs []*pdp.Input
+	// wantAllow is what plain evaluation decides for each input, so that a case whose policy
+	// stopped deciding what it was written to decide fails instead of passing vacuously.
+	wantAllow []bool
+	// wantMemo is a prefix of the memo state the policy set must get ("on", "off: ").
+	wantMemo string
+}
+
+func who(id, tool string, props map[string]any) *pdp.Input {
+	return &pdp.Input{
+		Subject: pdp.Entity{Type: "user", ID: id, Properties: props},
+		Action:  pdp.Action{Name: tool},
+	}
+}
+
+var (
+	admin   = who("admin@acme.example", "delete_file", nil)
+	mallory = who("mallory@acme.example", "delete_file", nil)
+)
+
+// checkMemoCase decides tc's inputs with and without the memo and fails on any difference.
+func checkMemoCase(t testing.TB, tc memoCase) {
+	t.Helper()
+	ctx := context.Background()
+	var opts []pdp.Option
+	if tc.query != "" {
+		opts = append(opts, pdp.WithQuery(tc.query))
+	}
+	set := policySet(t, tc.files)
+	plain := newEngine(t, set, opts...)
+	memo := newEngine(t, set, append(opts, pdp.WithMemo(100))...)
+	if m := memo.Policy().Memo; !strings.HasPrefix(m, tc.wantMemo) {
+		t.Fatalf("memo %q, want %q...", m, tc.wantMemo)
+	}
+	for i, in := range tc.inputs {
+		want, got := plain.Decide(ctx, in), memo.Decide(ctx, in)
+		if want.Err != nil {
+			t.Fatalf("input %d: %v", i, want.Err)
+		}
+		if i < len(tc.wantAllow) && want.Allow != tc.wantAllow[i] {
+			t.Fatalf("input %d: evaluation allows %v, the case expects %v: the policy does not test what it should", i, want.Allow, tc.wantAllow[i])
+		}
+		if got.Allow != want.Allow || !slices.Equal(got.Reasons, want.Reasons) || !cmp.Equal(got.Obligations, want.Obligations) || (got.Err == nil) != (want.Err == nil) {
+			t.Fatalf("input %d (%s %s): memo %v %v %v (err %v), evaluation %v %v %v; memo keys on %v",
+				i, in.Subject.ID, in.Action.Name, got.Allow, got.Reasons, got.Obligations, got.Err, want.Allow, want.Reasons, want.Obligations, memo.Policy().InputPaths)
+		}
+	}
+}
+
+func authz(body string) map[string]string {
+	return map[string]string{"p.rego": "package custody.authz\n\n" + body + "\n"}
+}
+
+// Issue 13, item 1: a local bound to an input field and only type-tested in the body, but used
+// as a key of a general ref head, is a value read. The memo keyed on its type and served
+// admin's allow to mallory.
+func TestMemoRefHeadLocalIsAValueRead(t *testing.T) {
+	both := []*pdp.Input{admin, mallory, admin, mallory}
+	allowAdmin := []bool{true, false, true, false}
+	for _, tc := range []memoCase{
+		{name: "general ref head", files: authz(`acting[user].tool := input.action.name if {
+	user := input.subject.id
+	is_string(user)
+}
+
+decision := {"allow": true, "reasons": ["admin"]} if acting["admin@acme.example"].tool == "delete_file"`)},
+		{name: "multi-value ref head", files: authz(`acting[user] contains input.action.name if {
+	user := input.subject.id
+	is_string(user)
+}
+
+decision := {"allow": true, "reasons": ["admin"]} if "delete_file" in acting["admin@acme.example"]`)},
+		{name: "nested ref head", files: authz(`acting.by[user][tool] := true if {
+	user := input.subject.id
+	tool := input.action.name
+	is_string(user)
+	is_string(tool)
+}
+
+decision := {"allow": true} if acting.by["admin@acme.example"].delete_file`)},
+		{name: "type_name guard", files: authz(`acting[user].tool := input.action.name if {
+	user := input.subject.id
+	type_name(user) == "string"
+}
+
+decision := {"allow": true} if acting["admin@acme.example"].tool == "delete_file"`)},
+		{name: "negated guard", files: authz(`acting[user].tool := input.action.name if {
+	user := input.subject.id
+	not is_number(user)
+}
+
+decision := {"allow": true} if acting["admin@acme.example"].tool == "delete_file"`)},
+		{name: "rule in another package", files: map[string]string{
+			"lib.rego": `package lib.acting
+
+by[user].tool := input.action.name if {
+	user := input.subject.id
+	is_string(user)
+}
+`,
+			"p.rego": `package custody.authz
+
+import data.lib.acting
+
+decision := {"allow": true} if acting.by["admin@acme.example"].tool == "delete_file"
+`}},
+		{name: "else value", files: authz(`role := "none" if {
+	input.action.name == "none"
+} else := u if {
+	u := input.subject.id
+	is_string(u)
+}
+
+decision := {"allow": true} if role == "admin@acme.example"`)},
+		{name: "comprehension head", files: authz(`users := {u | u := input.subject.id; is_string(u)}
+
+decision := {"allow": true} if "admin@acme.example" in users`)},
+		{name: "rule value", files: authz(`user := u if {
+	u := input.subject.id
+	is_string(u)
+}
+
+decision := {"allow": true} if user == "admin@acme.example"`)},
+		{name: "function argument", files: authz(`is_admin(u) if u == "admin@acme.example"
+
+decision := {"allow": true} if {
+	u := input.subject.id
+	is_string(u)
+	is_admin(u)
+}`)},
+		{name: "every body", files: authz(`decision := {"allow": true} if {
+	u := input.subject.id
+	is_string(u)
+	every a in ["admin@acme.example"] { a == u }
+}`)},
+		{name: "type test with a second binding", files: authz(`decision := {"allow": true} if {
+	u := input.subject.id
+	is_string(u)
+	u == "admin@acme.example"
+}`)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.inputs, tc.wantAllow, tc.wantMemo = both, allowAdmin, "on"
+			checkMemoCase(t, tc)
+		})
+	}
+}
+
+func tenant(id, tool, tenant string) *pdp.Input {
+	return who(id, tool, map[string]any{"tenant": tenant})
+}
+
+// Issue 13, item 2: the input the decision query reads is part of the key.
+func TestMemoKeysOnWhatTheQueryReads(t *testing.T) {
+	tenants := map[string]string{
+		"t1.rego": "package tenants.t1\n\ndecision := {\"allow\": true, \"reasons\": [\"t1\"]} if input.action.name == \"read\"\n",
+		"t2.rego": "package tenants.t2\n\ndecision := {\"allow\": false, \"reasons\": [\"t2\"]} if input.action.name == \"read\"\n",
+	}
+	for _, tc := range []memoCase{
+		{
+			name: "tenant in the query", files: tenants, query: "data.tenants[input.subject.properties.tenant].decision",
+			inputs:    []*pdp.Input{tenant("a", "read", "t1"), tenant("a", "read", "t2"), tenant("a", "read", "t1"), tenant("a", "read", "t3")},
+			wantAllow: []bool{true, false, true, false},
+		},
+		{
+			name: "action in the query", query: "data.custody.authz.decisions[input.action.name]",
+			files: authz(`decisions.read := {"allow": true}
+decisions.write := {"allow": false}`),
+			inputs:    []*pdp.Input{who("a", "read", nil), who("a", "write", nil), who("a", "read", nil)},
+			wantAllow: []bool{true, false, true},
+		},
+		{
+			name: "nested computed key in the query", query: `data.tenants[input.subject.properties[input.action.name]].decision`,
+			files: tenants,
+			inputs: []*pdp.Input{
+				who("a", "read", map[string]any{"read": "t1"}), who("a", "read", map[string]any{"read": "t2"}),
+				who("a", "read", map[string]any{"read": "t1", "tenant": "t2"}),
+			},
+			wantAllow: []bool{true, false, true},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.wantMemo = "on"
+			checkMemoCase(t, tc)
+		})
+	}
+	// A query that reads the input whole leaves nothing to key on.
+	e := newEngine(t, policySet(t, tenants), pdp.WithQuery("data.tenants[input].decision"), pdp.WithMemo(10))
+	if m := e.Policy().Memo; !strings.HasPrefix(m, "off: ") {
+		t.Fatalf("memo %q with a query that reads the whole input, want off", m)
+	}
+}
