@@ -1,7 +1,9 @@
 package pdp
 
 import (
+	"container/list"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -390,44 +392,108 @@ func appendString(buf []byte, s string) []byte {
 	return append(buf, s...)
 }
 
-// memo holds remembered decisions in two generations: when the current one is full it becomes
-// the previous one and the one before is dropped, so the memo stays bounded and keeps what is
-// still being asked.
+// memo holds remembered decisions, least recently used first out, bounded by a number of
+// entries and by an estimate of the bytes they hold (keys, reasons and obligations): the entry
+// bound alone let a few large decisions, one 4 KiB key and a large obligation each, grow the memo
+// well past what its entry count suggests.
 type memo struct {
-	mu        sync.Mutex
-	cur, prev map[string]Decision
-	half      int
+	mu         sync.Mutex
+	entries    map[string]*list.Element // of *memoEntry
+	lru        list.List                // front: most recently used
+	maxEntries int
+	maxBytes   int64
+	bytes      int64
 }
 
-func newMemo(size int) *memo {
-	half := max(size/2, 1)
-	return &memo{cur: make(map[string]Decision, half), half: half}
+type memoEntry struct {
+	key  string
+	d    Decision
+	size int64
+}
+
+func newMemo(entries int, bytes int64) *memo {
+	return &memo{entries: make(map[string]*list.Element, min(entries, 1024)), maxEntries: entries, maxBytes: bytes}
 }
 
 func (m *memo) get(k string) (Decision, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if d, ok := m.cur[k]; ok {
-		return d, true
+	el, ok := m.entries[k]
+	if !ok {
+		return Decision{}, false
 	}
-	d, ok := m.prev[k]
-	if ok {
-		m.putLocked(k, d)
-	}
-	return d, ok
+	m.lru.MoveToFront(el)
+	return el.Value.(*memoEntry).d, true
 }
 
+// put remembers d under k, evicting the least recently used entries until both bounds hold. A
+// decision larger than the whole byte bound is not remembered, and evicts nothing.
 func (m *memo) put(k string, d Decision) {
+	size := entrySize(k, d)
+	if size > m.maxBytes {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.putLocked(k, d)
+	if el, ok := m.entries[k]; ok { // decided twice concurrently: one entry
+		m.remove(el)
+	}
+	for m.lru.Len() > 0 && (m.lru.Len() >= m.maxEntries || m.bytes+size > m.maxBytes) {
+		m.remove(m.lru.Back())
+	}
+	m.entries[k] = m.lru.PushFront(&memoEntry{key: k, d: d, size: size})
+	m.bytes += size
 }
 
-func (m *memo) putLocked(k string, d Decision) {
-	if len(m.cur) >= m.half {
-		m.prev, m.cur = m.cur, make(map[string]Decision, m.half)
+func (m *memo) remove(el *list.Element) {
+	e := m.lru.Remove(el).(*memoEntry)
+	delete(m.entries, e.key)
+	m.bytes -= e.size
+}
+
+func (m *memo) usage() (int, int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lru.Len(), m.bytes
+}
+
+// entryOverhead estimates what an entry costs beyond its strings: the map slot, the list
+// element, the entry and its Decision.
+const entryOverhead = 160
+
+// entrySize estimates the bytes an entry holds: its key, its reasons and its obligations, each
+// string with its header.
+func entrySize(k string, d Decision) int64 {
+	n := int64(entryOverhead + len(k))
+	for _, r := range d.Reasons {
+		n += int64(16 + len(r))
 	}
-	m.cur[k] = d
+	if d.Obligations != nil {
+		n += jsonSize(d.Obligations)
+	}
+	return n
+}
+
+func jsonSize(v any) int64 {
+	switch x := v.(type) {
+	case map[string]any:
+		n := int64(48)
+		for k, e := range x {
+			n += int64(16+len(k)) + jsonSize(e)
+		}
+		return n
+	case []any:
+		n := int64(24)
+		for _, e := range x {
+			n += jsonSize(e)
+		}
+		return n
+	case string:
+		return int64(16 + len(x))
+	case json.Number:
+		return int64(16 + len(x))
+	}
+	return 16
 }
 
 // clone returns d with its own reasons and obligations, so that no caller can change what the

@@ -2,6 +2,7 @@ package pdp_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -208,5 +209,65 @@ decisions.write := {"allow": false}`),
 	e := newEngine(t, policySet(t, tenants), pdp.WithQuery("data.tenants[input].decision"), pdp.WithMemo(10))
 	if m := e.Policy().Memo; !strings.HasPrefix(m, "off: ") {
 		t.Fatalf("memo %q with a query that reads the whole input, want off", m)
+	}
+}
+
+// --decision-memo N means N: the memo holds N decisions, the least recently used one goes
+// first, and no more are held. (Two generations of N/2 held one decision less for an odd N,
+// and two for N = 1.)
+func TestMemoHoldsExactlyNEntries(t *testing.T) {
+	ctx := context.Background()
+	set := policySet(t, authz(`decision := {"allow": true, "reasons": [input.action.name]}`))
+	for _, n := range []int{1, 2, 3, 5} {
+		e := newEngine(t, set, pdp.WithMemo(n))
+		in := func(i int) *pdp.Input { return who("a", fmt.Sprint("tool", i), nil) }
+		for i := range n { // n misses
+			e.Decide(ctx, in(i))
+		}
+		for i := range n { // n hits: all of them are held
+			e.Decide(ctx, in(i))
+		}
+		if hits, misses := e.MemoStats(); hits != uint64(n) || misses != uint64(n) {
+			t.Fatalf("memo of %d: %d hits, %d misses after %d decisions twice, want %d and %d", n, hits, misses, n, n, n)
+		}
+		if entries, _ := e.MemoUsage(); entries != n {
+			t.Fatalf("memo of %d holds %d", n, entries)
+		}
+		e.Decide(ctx, in(n)) // evicts in(0), the least recently used
+		e.Decide(ctx, in(0)) // a miss, which evicts in(1)
+		if hits, misses := e.MemoStats(); hits != uint64(n) || misses != uint64(n+2) {
+			t.Fatalf("memo of %d: %d hits, %d misses, want %d and %d", n, hits, misses, n, n+2)
+		}
+		if entries, _ := e.MemoUsage(); entries != n {
+			t.Fatalf("memo of %d holds %d", n, entries)
+		}
+	}
+}
+
+// The memo is bounded by bytes too, counting its keys, reasons and obligations: large decisions
+// hold fewer entries, and a decision larger than the whole bound is not remembered.
+func TestMemoIsBoundedByBytes(t *testing.T) {
+	ctx := context.Background()
+	set := policySet(t, authz(`decision := {"allow": true, "reasons": [input.action.name], "obligations": {"note": input.subject.id}}`))
+	const bound = 4096
+	e := newEngine(t, set, pdp.WithMemo(1000), pdp.WithMemoBytes(bound))
+	big := strings.Repeat("x", 300)
+	for i := range 100 {
+		e.Decide(ctx, who(fmt.Sprint(big, i), fmt.Sprint(big, i), nil))
+		if entries, bytes := e.MemoUsage(); bytes > bound || entries > 1000 {
+			t.Fatalf("after %d decisions the memo holds %d entries, %d bytes: over %d", i+1, entries, bytes, bound)
+		}
+	}
+	entries, bytes := e.MemoUsage()
+	// Each entry holds the key (two 300-byte strings), a reason and an obligation of 300 bytes
+	// each: at least 1,200 bytes, so no more than three fit.
+	if entries < 1 || entries > 3 || bytes < 1200*int64(entries) {
+		t.Fatalf("memo holds %d entries, %d bytes, want 1 to 3 entries of at least 1,200 bytes each", entries, bytes)
+	}
+	huge := strings.Repeat("y", 2100) // a key of 2,100 bytes and an obligation as large: over the bound
+	e.Decide(ctx, who(huge, "t", nil))
+	e.Decide(ctx, who(huge, "t", nil))
+	if n, _ := e.MemoUsage(); n != entries {
+		t.Fatalf("a decision larger than the bound changed the memo from %d to %d entries", entries, n)
 	}
 }
