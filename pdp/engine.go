@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -102,7 +103,7 @@ func WithLogger(l zerolog.Logger) Option { return func(e *Engine) { e.logger = l
 func WithMemo(size int) Option { return func(e *Engine) { e.memoSize = size } }
 
 // DefaultMemoBytes bounds the bytes a memo holds unless WithMemoBytes says otherwise: 10,000
-// decisions of the default policy set take about 4 MB.
+// decisions of the default policy set take about 5 MB.
 const DefaultMemoBytes = 16 << 20
 
 // WithMemoBytes bounds the memo by an estimate of the bytes its decisions hold: keys, reasons
@@ -177,7 +178,11 @@ func (e *Engine) Load(ctx context.Context, set PolicySet) error {
 		}
 	}
 	e.cur.Store(p)
-	e.logger.Info().Str("revision", set.Revision).Str("source", set.Source).Str("query", e.query).Str("memo", p.info.Memo).Msg("policy set loaded")
+	ev := e.logger.Info()
+	if strings.HasPrefix(p.info.Memo, "off: ") { // asked for and refused: an operator should know why
+		ev = e.logger.Warn()
+	}
+	ev.Str("revision", set.Revision).Str("source", set.Source).Str("query", e.query).Str("memo", p.info.Memo).Strs("input_paths", p.info.InputPaths).Msg("policy set loaded")
 	return nil
 }
 

@@ -2,7 +2,9 @@ package pdp_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -269,5 +271,46 @@ func TestMemoIsBoundedByBytes(t *testing.T) {
 	e.Decide(ctx, who(huge, "t", nil))
 	if n, _ := e.MemoUsage(); n != entries {
 		t.Fatalf("a decision larger than the bound changed the memo from %d to %d entries", entries, n)
+	}
+}
+
+// TestMemoHitRateOnLoadBodies decides the requests test/load sends, as the policy input custody
+// builds from each, twice over with the default memo, checks every decision against plain
+// evaluation and reports the memo's hit rate. By hand, since it needs genbodies' output:
+//
+//	go run ./test/load/genbodies -out /tmp/bodies -n 400 -intent-key /tmp/intent.key
+//	CUSTODY_LOAD_BODIES=/tmp/bodies/opa.jsonl go test ./pdp -run TestMemoHitRateOnLoadBodies -v
+func TestMemoHitRateOnLoadBodies(t *testing.T) {
+	path := os.Getenv("CUSTODY_LOAD_BODIES")
+	if path == "" {
+		t.Skip("CUSTODY_LOAD_BODIES is not set")
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inputs []*pdp.Input
+	for line := range strings.SplitSeq(strings.TrimSpace(string(raw)), "\n") {
+		var body struct{ Input *pdp.Input }
+		if err := json.Unmarshal([]byte(line), &body); err != nil {
+			t.Fatal(err)
+		}
+		inputs = append(inputs, body.Input)
+	}
+	ctx := context.Background()
+	plain := newEngine(t, embeddedSet(t))
+	memo := newEngine(t, embeddedSet(t), pdp.WithMemo(10_000))
+	for pass := 1; pass <= 2; pass++ {
+		h0, m0 := memo.MemoStats()
+		for i, in := range inputs {
+			want, got := plain.Decide(ctx, in), memo.Decide(ctx, in)
+			if got.Allow != want.Allow || !slices.Equal(got.Reasons, want.Reasons) || !cmp.Equal(got.Obligations, want.Obligations) {
+				t.Fatalf("pass %d, request %d: memo %v %v, evaluation %v %v", pass, i, got.Allow, got.Reasons, want.Allow, want.Reasons)
+			}
+		}
+		h, m := memo.MemoStats()
+		entries, bytes := memo.MemoUsage()
+		t.Logf("pass %d over %d requests: %d hits, %d misses (%.1f%% hits); memo holds %d decisions, %d bytes",
+			pass, len(inputs), h-h0, m-m0, 100*float64(h-h0)/float64(len(inputs)), entries, bytes)
 	}
 }
