@@ -122,7 +122,7 @@ func (a *inputUse) fail(format string, args ...any) {
 
 // checkCall refuses an operator whose result may differ between two calls with the same
 // operands, or that the engine cannot vouch for.
-func (a *inputUse) checkCall(name string, loc *ast.Location) {
+func (a *inputUse) checkCall(name, loc string) {
 	if bi, ok := ast.BuiltinMap[name]; ok {
 		if bi.Nondeterministic || clockReaders[name] {
 			a.fail("%s calls %s, which may answer differently each time", loc, name)
@@ -146,15 +146,15 @@ func (a *inputUse) scope(node any, where string) {
 		case ast.Var:
 			occurs[x]++
 		case ast.Call:
-			a.checkCall(x[0].String(), x[0].Location)
+			a.checkCall(x[0].String(), orWhere(x[0].Location, where))
 		case *ast.Expr:
 			if len(x.With) > 0 {
-				a.fail("%s uses a with modifier", x.Location)
+				a.fail("%s uses a with modifier", orWhere(x.Location, where))
 			}
 			if !x.IsCall() {
 				break
 			}
-			a.checkCall(x.Operator().String(), x.Location)
+			a.checkCall(x.Operator().String(), orWhere(x.Location, where))
 			ops := x.Operands()
 			if typeTests[x.Operator().String()] && len(ops) > 0 {
 				if _, exact := groundInputPath(ops[0]); exact {
