@@ -314,3 +314,21 @@ func TestMemoHitRateOnLoadBodies(t *testing.T) {
 			pass, len(inputs), h-h0, m-m0, 100*float64(h-h0)/float64(len(inputs)), entries, bytes)
 	}
 }
+
+// An import reads nothing itself: the compiler resolves every use of it to the full path, and
+// that is what the memo keys on.
+func TestMemoImportsAreReadWhereUsed(t *testing.T) {
+	e := newEngine(t, policySet(t, authz(`import input.subject as s
+import input.action
+
+decision := {"allow": true} if {
+	s.id == "admin@acme.example"
+	is_string(action.name)
+}`)), pdp.WithMemo(10))
+	if diff := cmp.Diff([]string{"input.subject.id", "type of input.action.name"}, e.Policy().InputPaths); diff != "" {
+		t.Fatalf("input paths (-want +got):\n%s", diff)
+	}
+	checkMemoCase(t, memoCase{files: authz(`import input.subject as s
+
+decision := {"allow": true} if s.id == "admin@acme.example"`), inputs: []*pdp.Input{admin, mallory, admin}, wantAllow: []bool{true, false, true}, wantMemo: "on"})
+}
