@@ -305,6 +305,10 @@ func TestMemoPolicySetSweep(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	snap := func() [5]uint64 {
+		return [5]uint64{fuzzStats.sets.Load(), fuzzStats.invalid.Load(), fuzzStats.memoOn.Load(), fuzzStats.decisions.Load(), fuzzStats.hits.Load()}
+	}
+	before := snap()
 	r := rand.New(rand.NewPCG(uint64(n), 99))
 	for i := range n {
 		data := make([]byte, 3+6*6+8)
@@ -313,7 +317,8 @@ func TestMemoPolicySetSweep(t *testing.T) {
 		}
 		t.Run(strconv.Itoa(i), func(t *testing.T) { checkPolicySet(t, genPolicySet(data), 24) })
 	}
-	sets, on, dec, hits := fuzzStats.sets.Load(), fuzzStats.memoOn.Load(), fuzzStats.decisions.Load(), fuzzStats.hits.Load()
+	after := snap()
+	sets, invalid, on, dec, hits := after[0]-before[0], after[1]-before[1], after[2]-before[2], after[3]-before[3], after[4]-before[4]
 	t.Logf("%d policy sets generated: %d compiled (%d did not), memo on for %d; %d decisions with the memo on, %d hits (%.0f%%)",
-		n, sets, fuzzStats.invalid.Load(), on, dec, hits, 100*float64(hits)/float64(max(dec, 1)))
+		n, sets, invalid, on, dec, hits, 100*float64(hits)/float64(max(dec, 1)))
 }
