@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -65,8 +66,9 @@ type Decision struct {
 // Load prepares a new policy set beside the current one and swaps it in atomically, so requests in
 // flight finish on the engine they started with.
 type Engine struct {
-	query    string
-	memoSize int
+	query     string
+	memoSize  int
+	memoBytes int64
 	// memoHits and memoMisses count decisions answered from the memo and evaluated with it on.
 	memoHits, memoMisses atomic.Uint64
 	logger               zerolog.Logger
@@ -94,10 +96,19 @@ func WithQuery(q string) Option { return func(e *Engine) { e.query = q } }
 func WithLogger(l zerolog.Logger) Option { return func(e *Engine) { e.logger = l } }
 
 // WithMemo remembers up to size decisions of a policy set, keyed by exactly the parts of the
-// input its rules read, and answers a repeated one without evaluating it (see memo.go). It is
-// exact: a policy set that could decide the same input differently (clock, randomness, network,
-// `with`) or that reads the input whole gets no memo. 0, the default, turns it off.
+// input its rules and the decision query read, and answers a repeated one without evaluating it
+// (see memo.go). It is exact: a policy set that could decide the same input differently (clock,
+// randomness, network, `with`) or that reads the input whole gets no memo. 0, the default, turns
+// it off. The memo holds at most size decisions and at most WithMemoBytes of them.
 func WithMemo(size int) Option { return func(e *Engine) { e.memoSize = size } }
+
+// DefaultMemoBytes bounds the bytes a memo holds unless WithMemoBytes says otherwise: 10,000
+// decisions of the default policy set take about 5 MB.
+const DefaultMemoBytes = 16 << 20
+
+// WithMemoBytes bounds the memo by an estimate of the bytes its decisions hold: keys, reasons
+// and obligations. 0 or less means DefaultMemoBytes.
+func WithMemoBytes(n int64) Option { return func(e *Engine) { e.memoBytes = n } }
 
 // WithClock sets the clock used to stamp loads and time evaluations.
 func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
@@ -123,6 +134,9 @@ func NewEmpty(opts ...Option) (*Engine, error) {
 		o(e)
 	}
 	e.logger = e.logger.With().Str("component", "pdp").Logger()
+	if e.memoBytes <= 0 {
+		e.memoBytes = DefaultMemoBytes
+	}
 	if _, err := ast.ParseRef(e.query); err != nil {
 		return nil, fmt.Errorf("pdp: parse decision query %q: %w", e.query, err)
 	}
@@ -154,17 +168,21 @@ func (e *Engine) Load(ctx context.Context, set PolicySet) error {
 		Memo:     "off",
 	}}
 	if e.memoSize > 0 {
-		proj, err := analyzeInputUse(set.Bundle)
+		proj, err := analyzeInputUse(set.Bundle, e.query)
 		if err != nil {
 			p.info.Memo = "off: " + err.Error()
 		} else {
-			p.proj, p.memo = proj, newMemo(e.memoSize)
+			p.proj, p.memo = proj, newMemo(e.memoSize, e.memoBytes)
 			p.info.Memo = "on"
 			p.info.InputPaths = proj.names()
 		}
 	}
 	e.cur.Store(p)
-	e.logger.Info().Str("revision", set.Revision).Str("source", set.Source).Str("query", e.query).Str("memo", p.info.Memo).Msg("policy set loaded")
+	ev := e.logger.Info()
+	if strings.HasPrefix(p.info.Memo, "off: ") { // asked for and refused: an operator should know why
+		ev = e.logger.Warn()
+	}
+	ev.Str("revision", set.Revision).Str("source", set.Source).Str("query", e.query).Str("memo", p.info.Memo).Strs("input_paths", p.info.InputPaths).Msg("policy set loaded")
 	return nil
 }
 
@@ -172,6 +190,15 @@ func (e *Engine) Load(ctx context.Context, set PolicySet) error {
 // memo was on (misses), since the engine started.
 func (e *Engine) MemoStats() (hits, misses uint64) {
 	return e.memoHits.Load(), e.memoMisses.Load()
+}
+
+// MemoUsage reports how many decisions the current policy set's memo holds and an estimate of
+// their bytes (see WithMemoBytes); 0 and 0 when it has none.
+func (e *Engine) MemoUsage() (entries int, bytes int64) {
+	if p := e.cur.Load(); p != nil && p.memo != nil {
+		return p.memo.usage()
+	}
+	return 0, 0
 }
 
 // Policy describes the policy set currently served.
@@ -205,19 +232,21 @@ func (p *prepared) decide(ctx context.Context, in *Input, e *Engine) Decision {
 	if err != nil {
 		return policyError(fmt.Errorf("pdp: convert input: %w", err))
 	}
-	var key string
+	var (
+		key   string
+		keyed bool
+	)
 	if p.memo != nil {
-		if k, ok := p.proj.key(value); ok {
-			if d, hit := p.memo.get(k); hit {
+		if key, keyed = p.proj.key(value); keyed {
+			if d, hit := p.memo.get(key); hit {
 				e.memoHits.Add(1)
 				return d.clone()
 			}
 			e.memoMisses.Add(1)
-			key = k
 		}
 	}
 	d := p.eval(ctx, value)
-	if key != "" && d.Err == nil {
+	if keyed && d.Err == nil {
 		p.memo.put(key, d.clone())
 	}
 	return d

@@ -1,7 +1,9 @@
 package pdp
 
 import (
+	"container/list"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -13,18 +15,27 @@ import (
 )
 
 // A decision memo answers a repeated question without evaluating it again. It is exact, not a
-// heuristic: when a policy set is loaded, its compiled modules are read for every place they
-// touch input, and a decision is remembered under the values of exactly those places (the
-// projection of the input). Two inputs with the same projection are indistinguishable to the
-// policy, so it decides them alike. Agents repeat themselves: the same agent calling the same
-// tool for the same user, with different arguments, correlation IDs and tasks that the policy
-// never reads, is one decision.
+// heuristic: when a policy set is loaded, its compiled modules and the decision query are read
+// for every place they touch input, and a decision is remembered under the values of exactly
+// those places (the projection of the input). Two inputs with the same projection are
+// indistinguishable to the policy, so it decides them alike. Agents repeat themselves: the same
+// agent calling the same tool for the same user, with different arguments, correlation IDs and
+// tasks that the policy never reads, is one decision.
+//
+// Every input reference is a read of the value under its longest constant path (input.a[x].b
+// reads input.a whole), wherever it stands: a rule body, a head's reference, key or value, an
+// else branch, a function's arguments, a comprehension, an every, the decision query. The only
+// exception is a read of the type alone, which must be provable from the rule itself: the
+// reference is the operand of a type test (is_string(input.a)), or a local bound once to it and
+// used nowhere else than as the operand of type tests (u := input.a; is_string(u)). A local that
+// also appears anywhere else, in a head, a call, a comparison, a comprehension, counts as a read
+// of the value: its value can flow on from there.
 //
 // The memo is off for a policy set that could decide a repeated input differently: one that uses
 // a non-deterministic or clock-reading built-in (time.now_ns, http.send, rand.intn,
 // io.jwt.decode_verify, ...), a `with` modifier, or a built-in the engine does not know; and it
-// is off when the policy reads the input whole (json.marshal(input), input[k]), since the
-// projection would then be the entire input. Policy errors are never remembered.
+// is off when the policy or the query reads the input whole (json.marshal(input), input[k]),
+// since the projection would then be the entire input. Policy errors are never remembered.
 
 // clockReaders are deterministic built-ins whose result still depends on the time of the call.
 var clockReaders = map[string]bool{
@@ -34,7 +45,7 @@ var clockReaders = map[string]bool{
 	"time.now_ns": true,
 }
 
-// typeTests read only the type of their operand.
+// typeTests are the built-ins whose result depends only on the type of their first operand.
 var typeTests = map[string]bool{
 	"is_object": true, "is_string": true, "is_array": true, "is_number": true,
 	"is_boolean": true, "is_null": true, "is_set": true, "type_name": true,
@@ -50,9 +61,9 @@ type inputPath struct {
 // projection is every place a policy set reads its input.
 type projection []inputPath
 
-// analyzeInputUse returns the projection of the policy set's modules, or why a decision of it
-// cannot be remembered.
-func analyzeInputUse(b *bundle.Bundle) (projection, error) {
+// analyzeInputUse returns the projection of the policy set's modules and of the decision query,
+// or why a decision of it cannot be remembered.
+func analyzeInputUse(b *bundle.Bundle, query string) (projection, error) {
 	mods := make(map[string]*ast.Module, len(b.Modules))
 	for _, m := range b.Modules {
 		if m.Parsed == nil {
@@ -65,125 +76,160 @@ func analyzeInputUse(b *bundle.Bundle) (projection, error) {
 	if c.Failed() {
 		return nil, fmt.Errorf("compile: %v", c.Errors)
 	}
-	var (
-		why      error
-		typeOnly = map[*ast.Term]bool{}
-		paths    = map[string]inputPath{}
-	)
-	add := func(p inputPath) {
-		k := p.path.String()
-		if p.typeOnly {
-			k = "type " + k
-		}
-		paths[k] = p
-	}
+	a := &inputUse{paths: map[string]inputPath{}}
+	// Imports are not read: the compiler has rewritten every reference through one to the full
+	// path, which is read where it is used.
 	for _, name := range slices.Sorted(maps.Keys(c.Modules)) {
-		m := c.Modules[name]
-		bindings := hoistedInputRefs(m)
-		uses, typeUses := map[ast.Var]int{}, map[ast.Var]int{}
-		ast.WalkVars(m, func(v ast.Var) bool { uses[v]++; return false })
-		ast.WalkExprs(m, func(e *ast.Expr) bool {
-			if why != nil {
-				return true
-			}
-			if len(e.With) > 0 {
-				why = fmt.Errorf("%s uses a with modifier", e.Location)
-				return true
-			}
-			if !e.IsCall() {
-				return false
-			}
-			op := e.Operator().String()
-			if bi, ok := ast.BuiltinMap[op]; ok {
-				if bi.Nondeterministic || clockReaders[op] {
-					why = fmt.Errorf("%s calls %s, which may answer differently each time", e.Location, op)
-					return true
-				}
-				if typeTests[op] {
-					if ops := e.Operands(); len(ops) > 0 {
-						if p, ok := groundInputPath(ops[0]); ok {
-							typeOnly[ops[0]] = true
-							add(inputPath{path: p, typeOnly: true})
-						} else if v, ok := ops[0].Value.(ast.Var); ok {
-							typeUses[v]++
-						}
-					}
-				}
-			} else if !strings.HasPrefix(op, "data.") {
-				why = fmt.Errorf("%s calls %s, a built-in this engine does not know", e.Location, op)
-				return true
-			}
-			return false
-		})
-		if why != nil {
-			return nil, why
+		for _, r := range c.Modules[name].Rules {
+			a.scope(r, r.Location.String())
 		}
-		// The compiler hoists a call's operands into locals (`__local1__ = input.subject;
-		// type_name(__local1__)`): a local bound to an input path and used only by type tests
-		// reads only that path's type.
-		for v, ref := range bindings {
-			if typeUses[v] > 0 && uses[v] == typeUses[v]+1 {
-				p, _ := groundInputPath(ref)
-				typeOnly[ref] = true
-				add(inputPath{path: p, typeOnly: true})
-			}
-		}
-		var visit func(t *ast.Term) bool
-		visit = func(t *ast.Term) bool {
-			if typeOnly[t] {
-				return true
-			}
-			if !isInputRooted(t) {
-				return false
-			}
-			p, _ := inputPrefix(t)
-			add(inputPath{path: p})
-			// The ref's own head is the input variable, already accounted for; a computed key
-			// (input.a[input.b]) may read more of the input.
-			if r, ok := t.Value.(ast.Ref); ok {
-				for _, k := range r[1:] {
-					ast.WalkTerms(k, visit)
-				}
-			}
-			return true
-		}
-		ast.WalkTerms(m, visit)
+	}
+	q, err := ast.ParseBody(query)
+	if err != nil {
+		return nil, fmt.Errorf("parse decision query: %w", err)
+	}
+	a.scope(q, "the decision query")
+	if a.why != nil {
+		return nil, a.why
 	}
 	var out projection
-	for _, k := range slices.Sorted(maps.Keys(paths)) {
-		p := paths[k]
-		if !p.typeOnly && len(p.path) == 0 {
-			return nil, fmt.Errorf("the policy reads the whole input")
-		}
-		out = append(out, p)
+	for _, k := range slices.Sorted(maps.Keys(a.paths)) {
+		out = append(out, a.paths[k])
 	}
 	return out.minimal(), nil
 }
 
-// hoistedInputRefs finds the compiler's `__localN__ = input.<constant path>` bindings and
-// returns the input term of each, by local.
-func hoistedInputRefs(m *ast.Module) map[ast.Var]*ast.Term {
-	out, dup := map[ast.Var]*ast.Term{}, map[ast.Var]bool{}
-	ast.WalkExprs(m, func(e *ast.Expr) bool {
-		if !e.IsEquality() {
-			return false
+// inputUse gathers the input paths of a policy set, scope by scope, and the first reason it
+// cannot have a memo.
+type inputUse struct {
+	paths map[string]inputPath
+	why   error
+}
+
+func (a *inputUse) add(p inputPath) {
+	k := p.path.String()
+	if p.typeOnly {
+		k = "type " + k
+	}
+	a.paths[k] = p
+}
+
+func (a *inputUse) fail(format string, args ...any) {
+	if a.why == nil {
+		a.why = fmt.Errorf(format, args...)
+	}
+}
+
+// checkCall refuses an operator whose result may differ between two calls with the same
+// operands, or that the engine cannot vouch for.
+func (a *inputUse) checkCall(name, loc string) {
+	if bi, ok := ast.BuiltinMap[name]; ok {
+		if bi.Nondeterministic || clockReaders[name] {
+			a.fail("%s calls %s, which may answer differently each time", loc, name)
 		}
-		ops := e.Operands()
-		v, ok := ops[0].Value.(ast.Var)
-		if !ok || !v.IsGenerated() {
-			return false
-		}
-		if _, exact := groundInputPath(ops[1]); exact && !dup[v] {
-			if _, seen := out[v]; seen {
-				delete(out, v) // bound twice: not a simple alias
-				dup[v] = true
-				return false
+	} else if !strings.HasPrefix(name, "data.") {
+		a.fail("%s calls %s, a built-in this engine does not know", loc, name)
+	}
+}
+
+// scope adds the input paths of one variable scope: a rule with its else branches, or the
+// decision query. Counting a local's occurrences over the whole rule is conservative: a
+// same-named local of a nested comprehension only adds occurrences, which can only turn a
+// type read into a value read.
+func (a *inputUse) scope(node any, where string) {
+	occurs := map[ast.Var]int{}        // every occurrence of a variable
+	typeUses := map[ast.Var]int{}      // as the first operand of a type test
+	binds := map[ast.Var][]*ast.Term{} // v = input.<constant path>, by v
+	typeOnly := map[*ast.Term]bool{}   // input references read only for their type
+	walkAll(node, func(x any) bool {
+		switch x := x.(type) {
+		case ast.Var:
+			occurs[x]++
+		case ast.Call:
+			a.checkCall(x[0].String(), orWhere(x[0].Location, where))
+		case *ast.Expr:
+			if len(x.With) > 0 {
+				a.fail("%s uses a with modifier", orWhere(x.Location, where))
 			}
-			out[v] = ops[1]
+			if !x.IsCall() {
+				break
+			}
+			a.checkCall(x.Operator().String(), orWhere(x.Location, where))
+			ops := x.Operands()
+			if typeTests[x.Operator().String()] && len(ops) > 0 {
+				if _, exact := groundInputPath(ops[0]); exact {
+					typeOnly[ops[0]] = true
+				} else if v, ok := ops[0].Value.(ast.Var); ok {
+					typeUses[v]++
+				}
+			}
+			if (x.IsEquality() || x.IsAssignment()) && !x.Negated && len(ops) == 2 {
+				for i, o := range ops {
+					v, ok := o.Value.(ast.Var)
+					if _, exact := groundInputPath(ops[1-i]); ok && exact {
+						binds[v] = append(binds[v], ops[1-i])
+					}
+				}
+			}
 		}
 		return false
 	})
-	return out
+	for v, refs := range binds {
+		if len(refs) == 1 && typeUses[v] > 0 && occurs[v] == typeUses[v]+1 {
+			typeOnly[refs[0]] = true
+		}
+	}
+	var visit func(x any) bool
+	visit = func(x any) bool {
+		t, ok := x.(*ast.Term)
+		if !ok || !isInputRooted(t) {
+			return false
+		}
+		p, _ := inputPrefix(t)
+		if typeOnly[t] {
+			a.add(inputPath{path: p, typeOnly: true})
+			return true
+		}
+		if len(p) == 0 {
+			a.fail("%s reads the whole input", orWhere(t.Location, where))
+		}
+		a.add(inputPath{path: p})
+		// The reference's head is the input variable, accounted for; a computed key
+		// (input.a[input.b]) may read more of the input.
+		if r, ok := t.Value.(ast.Ref); ok {
+			for _, k := range r[1:] {
+				walkAll(k, visit)
+			}
+		}
+		return true
+	}
+	walkAll(node, visit)
+}
+
+func orWhere(loc *ast.Location, where string) string {
+	if loc == nil {
+		return where
+	}
+	return loc.String()
+}
+
+// walkAll calls f on every node under x, as ast.NewGenericVisitor does, and also on the
+// reference of every rule head, which ast's walk skips: a general ref head (p[k].v := ...) keeps
+// its keys there, not in Head.Key.
+func walkAll(x any, f func(any) bool) {
+	var vis *ast.GenericVisitor
+	vis = ast.NewGenericVisitor(func(x any) bool {
+		if f(x) {
+			return true
+		}
+		if h, ok := x.(*ast.Head); ok {
+			for _, t := range h.Reference {
+				vis.Walk(t)
+			}
+		}
+		return false
+	})
+	vis.Walk(x)
 }
 
 func isInputRooted(t *ast.Term) bool {
@@ -346,44 +392,108 @@ func appendString(buf []byte, s string) []byte {
 	return append(buf, s...)
 }
 
-// memo holds remembered decisions in two generations: when the current one is full it becomes
-// the previous one and the one before is dropped, so the memo stays bounded and keeps what is
-// still being asked.
+// memo holds remembered decisions, least recently used first out, bounded by a number of
+// entries and by an estimate of the bytes they hold (keys, reasons and obligations): the entry
+// bound alone let a few large decisions, one 4 KiB key and a large obligation each, grow the memo
+// well past what its entry count suggests.
 type memo struct {
-	mu        sync.Mutex
-	cur, prev map[string]Decision
-	half      int
+	mu         sync.Mutex
+	entries    map[string]*list.Element // of *memoEntry
+	lru        list.List                // front: most recently used
+	maxEntries int
+	maxBytes   int64
+	bytes      int64
 }
 
-func newMemo(size int) *memo {
-	half := max(size/2, 1)
-	return &memo{cur: make(map[string]Decision, half), half: half}
+type memoEntry struct {
+	key  string
+	d    Decision
+	size int64
+}
+
+func newMemo(entries int, bytes int64) *memo {
+	return &memo{entries: make(map[string]*list.Element, min(entries, 1024)), maxEntries: entries, maxBytes: bytes}
 }
 
 func (m *memo) get(k string) (Decision, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if d, ok := m.cur[k]; ok {
-		return d, true
+	el, ok := m.entries[k]
+	if !ok {
+		return Decision{}, false
 	}
-	d, ok := m.prev[k]
-	if ok {
-		m.putLocked(k, d)
-	}
-	return d, ok
+	m.lru.MoveToFront(el)
+	return el.Value.(*memoEntry).d, true
 }
 
+// put remembers d under k, evicting the least recently used entries until both bounds hold. A
+// decision larger than the whole byte bound is not remembered, and evicts nothing.
 func (m *memo) put(k string, d Decision) {
+	size := entrySize(k, d)
+	if size > m.maxBytes {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.putLocked(k, d)
+	if el, ok := m.entries[k]; ok { // decided twice concurrently: one entry
+		m.remove(el)
+	}
+	for m.lru.Len() > 0 && (m.lru.Len() >= m.maxEntries || m.bytes+size > m.maxBytes) {
+		m.remove(m.lru.Back())
+	}
+	m.entries[k] = m.lru.PushFront(&memoEntry{key: k, d: d, size: size})
+	m.bytes += size
 }
 
-func (m *memo) putLocked(k string, d Decision) {
-	if len(m.cur) >= m.half {
-		m.prev, m.cur = m.cur, make(map[string]Decision, m.half)
+func (m *memo) remove(el *list.Element) {
+	e := m.lru.Remove(el).(*memoEntry)
+	delete(m.entries, e.key)
+	m.bytes -= e.size
+}
+
+func (m *memo) usage() (int, int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lru.Len(), m.bytes
+}
+
+// entryOverhead estimates what an entry costs beyond its strings: the map slot, the list
+// element, the entry and its Decision.
+const entryOverhead = 160
+
+// entrySize estimates the bytes an entry holds: its key, its reasons and its obligations, each
+// string with its header.
+func entrySize(k string, d Decision) int64 {
+	n := int64(entryOverhead + len(k))
+	for _, r := range d.Reasons {
+		n += int64(16 + len(r))
 	}
-	m.cur[k] = d
+	if d.Obligations != nil {
+		n += jsonSize(d.Obligations)
+	}
+	return n
+}
+
+func jsonSize(v any) int64 {
+	switch x := v.(type) {
+	case map[string]any:
+		n := int64(48)
+		for k, e := range x {
+			n += int64(16+len(k)) + jsonSize(e)
+		}
+		return n
+	case []any:
+		n := int64(24)
+		for _, e := range x {
+			n += jsonSize(e)
+		}
+		return n
+	case string:
+		return int64(16 + len(x))
+	case json.Number:
+		return int64(16 + len(x))
+	}
+	return 16
 }
 
 // clone returns d with its own reasons and obligations, so that no caller can change what the

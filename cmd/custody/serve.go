@@ -54,6 +54,7 @@ type serveConfig struct {
 	policySource       policySourceConfig
 	decision           string
 	decisionMemo       int
+	decisionMemoBytes  int64
 	retention          time.Duration
 	streamMaxBytes     int64
 	streamReplicas     int
@@ -90,6 +91,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	c.policySource.flags(fs)
 	fs.StringVar(&c.decision, "decision", pdp.DefaultQuery, "the decision rule to evaluate")
 	fs.IntVar(&c.decisionMemo, "decision-memo", DefaultDecisionMemo, "remember up to this many decisions, keyed by exactly the input fields the policy reads, and answer repeats without evaluating; 0 turns it off (see GET /v1/policy)")
+	fs.Int64Var(&c.decisionMemoBytes, "decision-memo-bytes", pdp.DefaultMemoBytes, "bound the decision memo also by the bytes its keys, reasons and obligations hold; the least recently used decisions go first")
 	fs.DurationVar(&c.retention, "retention", 0, "how long the stream keeps decisions; 0 keeps them forever")
 	fs.Int64Var(&c.streamMaxBytes, "stream-max-bytes", -1, "stream size bound; when full, new decisions are refused (503 deny), never old ones evicted; -1 is unlimited")
 	fs.IntVar(&c.streamReplicas, "stream-replicas", custodyjs.DefaultReplicas, "stream replicas in a JetStream cluster")
@@ -140,6 +142,9 @@ func (c *serveConfig) Validate() error {
 	}
 	if c.decisionMemo < 0 {
 		return errors.New("--decision-memo must not be negative")
+	}
+	if c.decisionMemoBytes <= 0 {
+		return errors.New("--decision-memo-bytes must be positive")
 	}
 	if c.duplicateWindow < 0 {
 		return errors.New("--duplicate-window must not be negative")
@@ -212,7 +217,7 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		return err
 	}
 
-	engine, err := pdp.NewEmpty(pdp.WithQuery(cfg.decision), pdp.WithLogger(logger), pdp.WithMemo(cfg.decisionMemo))
+	engine, err := pdp.NewEmpty(pdp.WithQuery(cfg.decision), pdp.WithLogger(logger), pdp.WithMemo(cfg.decisionMemo), pdp.WithMemoBytes(cfg.decisionMemoBytes))
 	if err != nil {
 		return err
 	}
