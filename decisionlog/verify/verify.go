@@ -95,9 +95,9 @@ func (d digest) short() string { return hex.EncodeToString(d[:6]) }
 type node struct {
 	hash   digest
 	prev   digest
-	hashOK bool // hash is known: sealed, or at least a well-formed claim
-	sealed bool // the body hashes to its hash member
-	prevOK bool // prev is a hash to check (false for seq 1 and for a malformed prev_hash)
+	hashOK bool   // hash is known: sealed, or at least a well-formed claim
+	sealed bool   // the body hashes to its hash member
+	prevOK bool   // prev is a hash to check (false for seq 1 and for a malformed prev_hash)
 	leaf   digest // the record's RFC 6962 leaf hash
 	msg    int
 }
