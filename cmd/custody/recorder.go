@@ -53,6 +53,8 @@ type recorderDeps struct {
 	head     decisionlog.ChainHead
 	signer   note.Signer
 	embedded bool
+	// evidence are the sink options of evidence.go: the Merkle tree and witnesses.
+	evidence []custodyjs.Option
 }
 
 // embeddedAckWindow is how many records may await their ack at once on the embedded server.
@@ -200,7 +202,7 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 	probeCtx, stopProbe := context.WithCancel(context.Background())
 	switch mode {
 	case recordAck:
-		plain := custodyjs.NewSink(d.js, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload)
+		plain := custodyjs.NewSink(d.js, append(d.evidence, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload)...)
 		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 		head, err := drainSpool(dctx, d, plain, log)
 		cancel()
@@ -210,7 +212,7 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 		}
 		d.head = head
 		go probe.run(probeCtx, d.stream)
-		sink := custodyjs.NewSink(d.js, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload,
+		sink := custodyjs.NewSink(d.js, append(d.evidence, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload,
 			custodyjs.WithChain(custodyjs.ChainConfig{
 				Instance:           d.instance,
 				Head:               d.head,
@@ -219,7 +221,7 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 				CheckpointInterval: d.cfg.checkpointInterval,
 				Stream:             d.stream,
 				Window:             ackWindow(d.embedded),
-			}))
+			}))...)
 		return &recorder{
 			mode:      mode,
 			publisher: sink,
@@ -233,7 +235,7 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 		}, nil
 	case recordSpool:
 		stopProbe() // spool mode answers from local disk: the stream's state is not readiness
-		sink := custodyjs.NewSink(d.js, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload)
+		sink := custodyjs.NewSink(d.js, append(d.evidence, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload)...)
 		sp, err := spool.Open(spool.Config{
 			Dir:      filepath.Join(d.cfg.dataDir, "spool"),
 			MaxBytes: d.cfg.spoolMaxBytes,

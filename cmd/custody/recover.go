@@ -13,14 +13,18 @@ import (
 // recoverChain finds where instance's chain resumes, trusting only checkpoints that verify with
 // the instance's own verifier key vkey, and logs what recovery passed over: a forged or damaged
 // message that claims the instance is evidence an operator must see.
-func recoverChain(ctx context.Context, stream custodyjs.RecoverStream, instance, vkey string, log zerolog.Logger) (decisionlog.ChainHead, error) {
+// It also returns the instance's Merkle tree at that head, nil when it could not be rebuilt.
+func recoverChain(ctx context.Context, stream custodyjs.RecoverStream, instance, vkey string, log zerolog.Logger) (decisionlog.ChainHead, *decisionlog.Tree, error) {
 	verifiers, err := decisionlog.NewVerifiers(vkey)
 	if err != nil {
-		return decisionlog.ChainHead{}, fmt.Errorf("serve: recover chain: %w", err)
+		return decisionlog.ChainHead{}, nil, fmt.Errorf("serve: recover chain: %w", err)
 	}
 	rec, err := custodyjs.RecoverHead(ctx, stream, instance, verifiers)
 	if err != nil {
-		return decisionlog.ChainHead{}, fmt.Errorf("serve: %w", err)
+		return decisionlog.ChainHead{}, nil, fmt.Errorf("serve: %w", err)
+	}
+	if rec.Tree == nil {
+		log.Warn().Str("why", rec.TreeNote).Msg("checkpoints will sign the chain head only, not a Merkle root: evidence extracts need a Merkle checkpoint")
 	}
 	if rec.Skipped > 0 || rec.CheckpointsRejected > 0 {
 		log.Warn().Int("skipped", rec.Skipped).Str("first_skipped", rec.FirstSkip).
@@ -31,5 +35,5 @@ func recoverChain(ctx context.Context, stream custodyjs.RecoverStream, instance,
 		log.Info().Int("retries", rec.Read.Retries).Str("last_retry", rec.Read.LastRetry).Msg("chain recovery rode out transient NATS errors")
 	}
 	log.Debug().Uint64("checkpoint_seq", rec.Checkpoint).Int("adopted", rec.Adopted).Msg("chain recovered")
-	return rec.Head, nil
+	return rec.Head, rec.Tree, nil
 }

@@ -75,6 +75,7 @@ type serveConfig struct {
 	publicURL          string
 	auth               authConfig
 	receipt            receiptConfig
+	evidence           evidenceConfig
 	// governMemory lets serve set the collector's defaults (see memory.go): the process is
 	// custody's own, not a host it is embedded in.
 	governMemory bool
@@ -113,6 +114,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.publicURL, "public-url", "", "base `url` the AuthZEN metadata names as policy_decision_point, such as https://pdp.example.com (default: as each client reached it)")
 	c.auth.flags(fs)
 	c.receipt.flags(fs)
+	c.evidence.flags(fs)
 }
 
 // Validate reports the first setting that cannot work.
@@ -159,6 +161,9 @@ func (c *serveConfig) Validate() error {
 		return err
 	}
 	if err := checkPublicURL(c.publicURL); err != nil {
+		return err
+	}
+	if err := c.evidence.Validate(); err != nil {
 		return err
 	}
 	return c.auth.Validate()
@@ -278,7 +283,7 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	head, err := recoverChain(rctx, stream, instanceID, vkey, log)
+	head, tree, err := recoverChain(rctx, stream, instanceID, vkey, log)
 	cancel()
 	if err != nil {
 		return err
@@ -287,6 +292,7 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 	rec, err := newRecorder(recorderDeps{
 		cfg: cfg, logger: logger, js: js, stream: stream, nc: nc,
 		instance: instanceID, head: head, signer: signer, embedded: ns != nil,
+		evidence: cfg.evidence.sinkOptions(tree, log),
 	})
 	if err != nil {
 		return err

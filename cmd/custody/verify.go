@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -31,6 +32,8 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		natsURL, creds, file string
 		pubkeys              stringList
 		requireSigned        bool
+		witnesses            stringList
+		evidence             string
 	)
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url` whose CUSTODY stream to verify")
 	fs.StringVar(&creds, "nats-creds", "", "NATS credentials `file`")
@@ -39,16 +42,20 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&file, "file", "", "verify this export `file` (from custody export; - for standard input) instead of the live stream")
 	fs.Var(&pubkeys, "pubkey", "checkpoint verifier `key` as custody keys prints it, or @file with one key per line; repeatable")
 	fs.BoolVar(&requireSigned, "require-signed", false, "also fail on unchained records, on an instance without a checkpoint verified by its own --pubkey, and on a --pubkey that verified no checkpoint")
+	fs.Var(&witnesses, "witness", "also check the checkpoints kept by a witness: a `path` that serve --checkpoint-witness file:PATH wrote (file or directory); repeatable")
+	fs.StringVar(&evidence, "evidence", "", "verify this evidence `file` (from custody evidence) offline, without NATS")
 	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	var err error
-	if creds, err = readerCreds(fs, creds, dataDir); err != nil {
 		return err
 	}
 	verifiers, names, err := loadVerifiers(pubkeys)
 	if err != nil {
 		return fmt.Errorf("%w: --pubkey: %w", errUsage, err)
+	}
+	if evidence != "" {
+		return verifyEvidenceFile(evidence, pubkeys, stdout)
+	}
+	if creds, err = readerCreds(fs, creds, dataDir); err != nil {
+		return err
 	}
 	if requireSigned && verifiers == nil {
 		return fmt.Errorf("%w: --require-signed needs at least one --pubkey", errUsage)
@@ -59,6 +66,11 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		opts = append(opts, verify.RequireSigned(names...))
 	}
 	c := verify.NewChecker(verifiers, opts...)
+	for _, w := range witnesses {
+		if err := addWitnessed(w, c); err != nil {
+			return fmt.Errorf("verify: witness: %w", err)
+		}
+	}
 	if file != "" {
 		err = checkFile(file, c)
 	} else {
@@ -178,4 +190,38 @@ func checkStream(ctx context.Context, url, creds string, c *verify.Checker, stde
 	})
 	reportRead(stderr, "verify", st)
 	return err
+}
+
+// addWitnessed feeds c the checkpoints a file witness kept: a file of JSON lines, or a
+// directory of one checkpoint file each.
+func addWitnessed(path string, c *verify.Checker) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	files := []string{path}
+	if fi.IsDir() {
+		entries, err := os.ReadDir(path)
+		if err != nil {
+			return err
+		}
+		files = files[:0]
+		for _, e := range entries {
+			if !e.IsDir() && strings.HasSuffix(e.Name(), ".json") {
+				files = append(files, filepath.Join(path, e.Name()))
+			}
+		}
+	}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		for line := range bytes.Lines(raw) {
+			if line = bytes.TrimSpace(line); len(line) > 0 {
+				c.AddWitnessed(line)
+			}
+		}
+	}
+	return nil
 }

@@ -101,6 +101,7 @@ func (c *chainState) soleWriter() bool { return c.cfg.Window > 1 }
 // inflight is a chained record sent to JetStream and not yet confirmed.
 type inflight struct {
 	rec        decisionlog.Record // as sealed: what a lost ack is checked against
+	body       []byte             // as published: the Merkle leaf
 	after      decisionlog.ChainHead
 	generation uint64
 	done       chan struct{} // closed once err is set
@@ -164,7 +165,7 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 		s.logger.Error().Err(err).Str("decision_id", r.DecisionID).Msg("decision record not sent")
 		return fmt.Errorf("jetstream: publish record: %w: %w", decisionlog.ErrUnavailable, err)
 	}
-	e := &inflight{rec: *r, after: decisionlog.After(r), generation: c.generation, done: make(chan struct{})}
+	e := &inflight{rec: *r, body: body, after: decisionlog.After(r), generation: c.generation, done: make(chan struct{})}
 	c.window = append(c.window, e)
 	c.next, c.lastSent = e.after, r.MsgID()
 	s.chainMu.Unlock()
@@ -217,6 +218,7 @@ func (s *Sink) advanceLocked(ctx context.Context) {
 		}
 		c.head = e.after
 		s.headSeq.Store(c.head.Seq)
+		s.extendTree(&e.rec, e.body)
 		n++
 	}
 	c.window = c.window[n:]
@@ -254,6 +256,7 @@ func (s *Sink) repairLocked(ctx context.Context) error {
 	for ; i < len(c.window) && c.window[i].err == nil; i++ {
 		head = c.window[i].after
 		c.window[i].stored = true
+		s.extendTree(&c.window[i].rec, c.window[i].body)
 	}
 	for ; i < len(c.window); i++ {
 		stored, err := s.storedLocked(ctx, &c.window[i].rec)
@@ -268,6 +271,7 @@ func (s *Sink) repairLocked(ctx context.Context) error {
 		}
 		head = c.window[i].after
 		c.window[i].stored = true
+		s.extendTree(&c.window[i].rec, c.window[i].body)
 		s.logger.Warn().Str("decision_id", c.window[i].rec.DecisionID).Uint64("seq", c.window[i].rec.Seq).Msg("record answered as unavailable was stored after all")
 	}
 	c.head, c.next = head, head
@@ -313,7 +317,22 @@ func (s *Sink) PublishSealed(ctx context.Context, r *decisionlog.Record, body []
 		err = s.send(ctx, r, msg)
 	}
 	s.noteOutcome(err)
+	if err == nil {
+		s.extendTree(r, body)
+	}
 	return err
+}
+
+// extendTree adds an acked record to the Merkle tree. A record the tree cannot take (one was
+// passed over, as the spool does with a record JetStream refuses for good) is logged once;
+// checkpoints then sign the chain head only.
+func (s *Sink) extendTree(r *decisionlog.Record, body []byte) {
+	if s.tree == nil {
+		return
+	}
+	if err := s.tree.Append(r, body); err != nil && s.treeBroken.CompareAndSwap(false, true) {
+		s.logger.Error().Err(err).Uint64("seq", r.Seq).Msg("Merkle tree stops here; checkpoints now sign the chain head only")
+	}
 }
 
 // runCheckpoints publishes a checkpoint every interval while the chain moves, until ctx ends.
@@ -384,7 +403,7 @@ func (s *Sink) PublishCheckpoint(ctx context.Context, instance string, head deci
 
 // publishCheckpoint publishes a checkpoint and returns its Nats-Msg-Id.
 func (s *Sink) publishCheckpoint(ctx context.Context, instance string, head decisionlog.ChainHead, signer note.Signer, opts ...jetstream.PublishOpt) (string, error) {
-	cp, err := decisionlog.NewCheckpoint(instance, head, s.now(), signer)
+	cp, err := s.newCheckpoint(instance, head, signer)
 	if err != nil {
 		return "", err
 	}
@@ -404,6 +423,19 @@ func (s *Sink) publishCheckpoint(ctx context.Context, instance string, head deci
 		s.logger.Warn().Err(err).Uint64("seq", cp.Seq).Msg("checkpoint not published; will retry")
 		return "", fmt.Errorf("jetstream: publish checkpoint: %w", err)
 	}
-	s.logger.Debug().Uint64("seq", cp.Seq).Msg("checkpoint published")
+	s.logger.Debug().Uint64("seq", cp.Seq).Str("schema", cp.Schema).Msg("checkpoint published")
+	if s.onCheckpoint != nil {
+		s.onCheckpoint(ctx, cp)
+	}
 	return id, nil
+}
+
+// newCheckpoint signs the Merkle tree when it is at head, and the chain head alone otherwise.
+func (s *Sink) newCheckpoint(instance string, head decisionlog.ChainHead, signer note.Signer) (*decisionlog.Checkpoint, error) {
+	if size, root, frontier, ok := s.tree.State(); ok && size == head.Seq {
+		return decisionlog.NewTreeCheckpoint(instance, head, root, frontier, s.now(), signer)
+	} else if s.tree != nil && ok {
+		s.logger.Error().Uint64("tree_size", size).Uint64("seq", head.Seq).Msg("Merkle tree is not at the chain head; checkpoint signs the chain head only")
+	}
+	return decisionlog.NewCheckpoint(instance, head, s.now(), signer)
 }

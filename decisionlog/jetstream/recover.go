@@ -41,6 +41,16 @@ type Recovery struct {
 	// FirstSkip describes the first of them, for the log.
 	FirstSkip string
 	Read      ReadStats
+	// Tree is the instance's Merkle tree at Head, for the sink to extend (see WithTree): resumed
+	// from the last checkpoint's compact range when it hashes to the signed root, else rebuilt
+	// from the instance's records from seq 1. Nil when it cannot be rebuilt (records before the
+	// checkpoint are gone); TreeNote then says why, and checkpoints sign the chain head only.
+	Tree     *decisionlog.Tree
+	TreeNote string
+
+	// rebuild follows the chain up to the checkpoint when the tree is rebuilt from seq 1.
+	rebuild    *decisionlog.ChainHead
+	checkpoint decisionlog.ChainHead
 }
 
 // RecoverHead finds where instance's chain ends in the stream. It trusts only what verifies:
@@ -61,6 +71,10 @@ func RecoverHead(ctx context.Context, stream RecoverStream, instance string, ver
 	if cpPos > recoverLookback {
 		from = cpPos - recoverLookback
 	}
+	if rec.Tree == nil {
+		// No checkpoint, or one without a usable tree: rebuild the tree from seq 1.
+		from, rec.rebuild, rec.checkpoint, rec.Tree = 0, &decisionlog.ChainHead{}, rec.Head, decisionlog.NewTree()
+	}
 	st, err := Read(ctx, stream, ReadOptions{
 		Filters:  []string{decisionlog.DecisionPrefix + ".>", decisionlog.ExecutionPrefix + ".>"},
 		StartSeq: from,
@@ -71,6 +85,11 @@ func RecoverHead(ctx context.Context, stream RecoverStream, instance string, ver
 	rec.Read = st
 	if err != nil {
 		return rec, fmt.Errorf("jetstream: recover chain: %w", err)
+	}
+	if rec.Tree != nil {
+		if size, _, _, ok := rec.Tree.State(); !ok || size != rec.Head.Seq {
+			rec.Tree, rec.TreeNote = nil, fmt.Sprintf("the Merkle tree could not be rebuilt: the stream holds %d linked records of this instance before seq %d", size, rec.Head.Seq)
+		}
 	}
 	return rec, nil
 }
@@ -98,14 +117,14 @@ func lastVerifiedCheckpoint(ctx context.Context, stream RecoverStream, instance 
 			return 0, fmt.Errorf("jetstream: recover chain: %w", err)
 		}
 	}
-	if head, ok := openCheckpoint(instance, last.Data, verifiers); ok {
-		rec.Head, rec.Checkpoint = head, head.Seq
+	if head, tree, ok := openCheckpoint(instance, last.Data, verifiers); ok {
+		rec.Head, rec.Checkpoint, rec.Tree = head, head.Seq, tree
 		return last.Sequence, nil
 	}
 	var pos uint64
 	st, err := Read(ctx, stream, ReadOptions{Filters: []string{subject}}, func(m *Msg) error {
-		if head, ok := openCheckpoint(instance, m.Data, verifiers); ok {
-			rec.Head, rec.Checkpoint, pos = head, head.Seq, m.Seq
+		if head, tree, ok := openCheckpoint(instance, m.Data, verifiers); ok {
+			rec.Head, rec.Checkpoint, rec.Tree, pos = head, head.Seq, tree, m.Seq
 		} else {
 			rec.CheckpointsRejected++
 		}
@@ -118,16 +137,29 @@ func lastVerifiedCheckpoint(ctx context.Context, stream RecoverStream, instance 
 	return pos, nil
 }
 
-func openCheckpoint(instance string, body []byte, verifiers note.Verifiers) (decisionlog.ChainHead, bool) {
+// openCheckpoint returns the head a checkpoint of instance commits to, and the Merkle tree at
+// that head when the checkpoint signs a root and carries a compact range that hashes to it.
+func openCheckpoint(instance string, body []byte, verifiers note.Verifiers) (decisionlog.ChainHead, *decisionlog.Tree, bool) {
 	var cp decisionlog.Checkpoint
 	if json.Unmarshal(body, &cp) != nil || cp.Instance != instance {
-		return decisionlog.ChainHead{}, false
+		return decisionlog.ChainHead{}, nil, false
 	}
-	head, err := decisionlog.OpenCheckpoint(&cp, verifiers)
-	if err != nil || head.Seq == 0 {
-		return decisionlog.ChainHead{}, false
+	st, err := decisionlog.OpenCheckpointState(&cp, verifiers)
+	if err != nil || st.Head.Seq == 0 {
+		return decisionlog.ChainHead{}, nil, false
 	}
-	return head, true
+	if st.Root == nil {
+		return st.Head, nil, true
+	}
+	frontier, err := cp.Frontier()
+	if err != nil {
+		return st.Head, nil, true
+	}
+	tree, err := decisionlog.RestoreTree(st.Head.Seq, frontier, st.Root)
+	if err != nil {
+		return st.Head, nil, true
+	}
+	return st.Head, tree, true
 }
 
 // chainFields are the fields recovery reads of a record.
@@ -160,6 +192,9 @@ func (rec *Recovery) consider(instance string, m *Msg) {
 		}
 		return
 	}
+	if rec.rebuild != nil && f.Seq <= rec.checkpoint.Seq {
+		rec.rebuildLeaf(m, &f)
+	}
 	if f.Seq <= rec.Head.Seq {
 		if f.Seq == rec.Head.Seq && f.Seq > 0 && f.Hash != rec.Head.Hash {
 			rec.skip(m, fmt.Sprintf("a second record for seq %d", f.Seq))
@@ -181,9 +216,33 @@ func (rec *Recovery) consider(instance string, m *Msg) {
 	case m.Header.Get(HeaderSeq) != "" && m.Header.Get(HeaderSeq) != strconv.FormatUint(f.Seq, 10):
 		rec.skip(m, fmt.Sprintf("seq %d: Custody-Seq header says %s", f.Seq, m.Header.Get(HeaderSeq)))
 	default:
+		if rec.Tree != nil {
+			if rec.rebuild != nil && rec.rebuild.Seq != rec.checkpoint.Seq {
+				rec.Tree = nil // records before the checkpoint are missing
+			} else if rec.Tree.Append(&decisionlog.Record{Seq: f.Seq}, m.Data) != nil {
+				rec.Tree = nil
+			}
+		}
 		rec.Head = decisionlog.ChainHead{Seq: f.Seq, Hash: hash}
 		rec.Adopted++
 	}
+}
+
+// rebuildLeaf adds a record at or before the checkpoint to the tree being rebuilt when it is
+// sealed and links to the records before it; the one at the checkpoint must have its hash.
+func (rec *Recovery) rebuildLeaf(m *Msg, f *chainFields) {
+	pre := rec.rebuild
+	if f.Seq != pre.Seq+1 || f.PrevHash != pre.Hash {
+		return // already taken, a fork, or a gap (then the tree stays short and is dropped)
+	}
+	hash, err := decisionlog.BodyHash(m.Data)
+	if err != nil || hash != f.Hash || (f.Seq == rec.checkpoint.Seq && hash != rec.checkpoint.Hash) {
+		return
+	}
+	if rec.Tree.Append(&decisionlog.Record{Seq: f.Seq}, m.Data) != nil {
+		return
+	}
+	*pre = decisionlog.ChainHead{Seq: f.Seq, Hash: hash}
 }
 
 func (rec *Recovery) skip(m *Msg, why string) {

@@ -50,6 +50,12 @@ type Sink struct {
 	lastErr          atomic.Pointer[error]
 	// maxPayload is the largest message the server takes (headers and body); 0 checks nothing.
 	maxPayload int64
+	// tree follows the instance's Merkle tree over the records this sink got acked; checkpoints
+	// sign its root. Nil: checkpoints sign the chain head only (v1).
+	tree       *decisionlog.Tree
+	treeBroken atomic.Bool // logged that tree stopped
+	// onCheckpoint is told of each checkpoint published, to send it to witnesses.
+	onCheckpoint func(context.Context, *decisionlog.Checkpoint)
 }
 
 var _ decisionlog.Publisher = (*Sink)(nil)
@@ -66,6 +72,17 @@ func WithLogger(l zerolog.Logger) Option { return func(s *Sink) { s.logger = l }
 // WithMaxPayload makes the sink refuse, without sending it, a record whose message would exceed
 // n bytes: the server's max_payload (nats.Conn.MaxPayload). Such a record can never be stored.
 func WithMaxPayload(n int64) Option { return func(s *Sink) { s.maxPayload = n } }
+
+// WithTree makes the sink extend t with every chained record JetStream acks and sign t's root
+// in its checkpoints. t must hold exactly the instance's records before the chain's head (see
+// RecoverHead); one tree may pass from sink to sink as serve's record modes hand over.
+func WithTree(t *decisionlog.Tree) Option { return func(s *Sink) { s.tree = t } }
+
+// WithCheckpointHook calls fn with each checkpoint once it is on the stream, for example to
+// send it to a witness. fn must not block for long: it runs with the chain locked.
+func WithCheckpointHook(fn func(context.Context, *decisionlog.Checkpoint)) Option {
+	return func(s *Sink) { s.onCheckpoint = fn }
+}
 
 // headerReserve is room kept for the headers the jetstream client adds to a record's message
 // (Nats-Msg-Id, Nats-Expected-Stream and, in a window, Nats-Expected-Last-Msg-Id).

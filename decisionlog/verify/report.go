@@ -30,6 +30,9 @@ const (
 	Truncated Kind = "truncated"
 	// CheckpointMismatch: the record at a checkpoint's seq has another hash than the checkpoint.
 	CheckpointMismatch Kind = "checkpoint_mismatch"
+	// TreeMismatch: a Merkle checkpoint's root is not the root of the instance's records up to
+	// its tree size, or not consistent with the checkpoint before it (the history was rewritten).
+	TreeMismatch Kind = "tree_mismatch"
 	// BadCheckpoint: a checkpoint whose signature does not verify with the given keys, or that
 	// is malformed.
 	BadCheckpoint Kind = "bad_checkpoint"
@@ -79,6 +82,9 @@ type Chain struct {
 	CheckpointsVerified int
 	// LastCheckpointSeq is the highest seq at which a checkpoint matched the chain.
 	LastCheckpointSeq uint64
+	// TreeCheckpoints counts Merkle (v2) checkpoints whose root was recomputed from the records
+	// and matched; ChainOnlyCheckpoints the v1 checkpoints, which sign the chain head only.
+	TreeCheckpoints, ChainOnlyCheckpoints int
 	// Signers names the keys that signed this instance's verified checkpoints.
 	Signers []string
 }
@@ -89,6 +95,7 @@ type Report struct {
 	Records           int // decision records, chained or not
 	Unchained         int
 	Checkpoints       int // checkpoints read (with signatures checked: verified)
+	Witnessed         int // of them, checkpoints read from a witness copy
 	SignaturesChecked bool
 	Chains            []Chain // by instance name
 	Breaks            []Break // by instance, seq, message
@@ -106,6 +113,9 @@ func (r *Report) Summary(w io.Writer) error {
 	p := &printer{w: w}
 	p.printf("read %d %s: %d decision %s, %d %s\n", r.Messages, plural(uint64(r.Messages), "message", "messages"),
 		r.Records, plural(uint64(r.Records), "record", "records"), r.Checkpoints, plural(uint64(r.Checkpoints), "checkpoint", "checkpoints"))
+	if r.Witnessed > 0 {
+		p.printf("witness: %d %s read from witness copies, checked against the stream\n", r.Witnessed, plural(uint64(r.Witnessed), "checkpoint", "checkpoints"))
+	}
 	if r.SignaturesChecked {
 		p.printf("checkpoint signatures: verified with the given public keys\n")
 	} else {
@@ -143,6 +153,10 @@ func (r *Report) Summary(w io.Writer) error {
 				last = "none matches the chain"
 			}
 			p.printf("  checkpoints  %d (%s); %s\n", c.Checkpoints, state, last)
+			if c.TreeCheckpoints > 0 || c.ChainOnlyCheckpoints > 0 {
+				p.printf("  merkle       %d %s whose root matches the records and the checkpoint before (append-only); %d v1 %s signing the chain head only\n",
+					c.TreeCheckpoints, plural(uint64(c.TreeCheckpoints), "checkpoint", "checkpoints"), c.ChainOnlyCheckpoints, plural(uint64(c.ChainOnlyCheckpoints), "checkpoint", "checkpoints"))
+			}
 		}
 		switch {
 		case c.Records == 0 || c.LastSeq <= c.LastCheckpointSeq:

@@ -95,9 +95,10 @@ func (d digest) short() string { return hex.EncodeToString(d[:6]) }
 type node struct {
 	hash   digest
 	prev   digest
-	hashOK bool // hash is known: sealed, or at least a well-formed claim
-	sealed bool // the body hashes to its hash member
-	prevOK bool // prev is a hash to check (false for seq 1 and for a malformed prev_hash)
+	hashOK bool   // hash is known: sealed, or at least a well-formed claim
+	sealed bool   // the body hashes to its hash member
+	prevOK bool   // prev is a hash to check (false for seq 1 and for a malformed prev_hash)
+	leaf   digest // the record's RFC 6962 leaf hash
 	msg    int
 }
 
@@ -133,6 +134,9 @@ type checkpoint struct {
 	instance string
 	head     decisionlog.ChainHead
 	digest   digest
+	root     []byte   // the signed Merkle root; nil for a v1 checkpoint
+	frontier [][]byte // the unsigned compact range, nil when absent or malformed
+	witness  bool     // read from a witness copy, not the stream
 	msg      int
 }
 
@@ -176,9 +180,10 @@ type wire struct {
 		Status string `json:"status"`
 	} `json:"execution"`
 
-	// custody.checkpoint.v1
-	Instance string `json:"instance"`
-	Note     string `json:"note"`
+	// custody.checkpoint.v1 and v2
+	Instance string   `json:"instance"`
+	Note     string   `json:"note"`
+	Tree     []string `json:"tree"`
 }
 
 // Add checks the next message of the stream.
@@ -193,8 +198,8 @@ func (c *Checker) Add(m Message) {
 	switch w.Schema {
 	case decisionlog.SchemaDecisionV1, decisionlog.SchemaExecutionV1:
 		c.addDecision(m, msg, &w)
-	case decisionlog.SchemaCheckpointV1:
-		c.addCheckpoint(m, msg, &w)
+	case decisionlog.SchemaCheckpointV1, decisionlog.SchemaCheckpointV2:
+		c.addCheckpoint(m, msg, &w, false)
 	default:
 		c.report(Break{Kind: Unparseable, Msg: msg, Detail: fmt.Sprintf("%sunknown schema %s: %s", onSubject(m), excerpt([]byte(w.Schema)), excerpt(m.Data))})
 	}
@@ -251,7 +256,7 @@ func (c *Checker) addDecision(m Message, msg int, w *wire) {
 		return
 	}
 
-	n := node{msg: msg}
+	n := node{msg: msg, leaf: digest(decisionlog.LeafHash(m.Data))}
 	claimed, err := decisionlog.BodyHash(m.Data)
 	if err == nil {
 		n.hash, n.hashOK = parseDigest(claimed)
@@ -328,7 +333,21 @@ func (c *Checker) checkDecisionID(w *wire, inst string, seq uint64, msg int) {
 	c.decisions[id] = msg
 }
 
-func (c *Checker) addCheckpoint(m Message, msg int, w *wire) {
+// AddWitnessed adds a checkpoint kept by a witness (custody serve --checkpoint-witness): one
+// the stream's operator could not rewrite. It is checked like a checkpoint on the stream, so a
+// tail removed from the stream together with its checkpoints shows as truncated, and a
+// rewritten history as a tree mismatch. Call it before or after the stream's messages.
+func (c *Checker) AddWitnessed(data []byte) {
+	c.messages++
+	var w wire
+	if err := json.Unmarshal(data, &w); err != nil || (w.Schema != decisionlog.SchemaCheckpointV1 && w.Schema != decisionlog.SchemaCheckpointV2) {
+		c.report(Break{Kind: Unparseable, Msg: c.messages, Detail: "witness entry is not a custody checkpoint: " + excerpt(data)})
+		return
+	}
+	c.addCheckpoint(Message{}, c.messages, &w, true)
+}
+
+func (c *Checker) addCheckpoint(m Message, msg int, w *wire, witness bool) {
 	inst := w.Instance
 	if m.Subject != "" {
 		if want := decisionlog.CheckpointSubject(inst); m.Subject != want {
@@ -336,19 +355,20 @@ func (c *Checker) addCheckpoint(m Message, msg int, w *wire) {
 				"checkpoint published on %s, want %s", printable(m.Subject), want)})
 		}
 	}
-	cp := &decisionlog.Checkpoint{Schema: w.Schema, Instance: inst, Seq: w.Seq, Hash: w.Hash, Note: w.Note}
+	cp := &decisionlog.Checkpoint{Schema: w.Schema, Instance: inst, Seq: w.Seq, Hash: w.Hash, Note: w.Note, Tree: w.Tree}
 	var (
-		head    decisionlog.ChainHead
+		st      decisionlog.CheckpointState
 		err     error
 		signers []string
 	)
 	if c.verifiers != nil {
 		rv := &recordingVerifiers{known: c.verifiers}
-		head, err = decisionlog.OpenCheckpoint(cp, rv)
+		st, err = decisionlog.OpenCheckpointState(cp, rv)
 		signers = rv.names
 	} else {
-		head, err = decisionlog.ReadCheckpointUnverified(cp)
+		st, err = decisionlog.ReadCheckpointStateUnverified(cp)
 	}
+	head := st.Head
 	if err != nil {
 		c.report(Break{Instance: inst, Seq: w.Seq, Kind: BadCheckpoint, Msg: msg, Detail: checkpointError(err)})
 		return
@@ -368,7 +388,15 @@ func (c *Checker) addCheckpoint(m Message, msg int, w *wire) {
 	for _, s := range signers {
 		ch.signers[s] = true
 	}
-	c.checkpoints = append(c.checkpoints, checkpoint{instance: inst, head: head, digest: d, msg: msg})
+	if (w.Schema == decisionlog.SchemaCheckpointV2) != (st.Root != nil) {
+		c.report(Break{Instance: inst, Seq: w.Seq, Kind: BadCheckpoint, Msg: msg, Detail: "its schema and its signed note disagree on whether it signs a Merkle root"})
+		return
+	}
+	frontier, ferr := cp.Frontier()
+	if ferr != nil || len(frontier) == 0 {
+		frontier = nil
+	}
+	c.checkpoints = append(c.checkpoints, checkpoint{instance: inst, head: head, digest: d, root: st.Root, frontier: frontier, witness: witness, msg: msg})
 }
 
 // checkpointError explains why a checkpoint did not open.
@@ -420,6 +448,7 @@ func (c *Checker) Report() *Report {
 		Records:           c.records,
 		Unchained:         c.unchained,
 		Checkpoints:       len(c.checkpoints),
+		Witnessed:         countFunc(c.checkpoints, func(cp checkpoint) bool { return cp.witness }),
 		SignaturesChecked: c.verifiers != nil,
 		Breaks:            slices.Clone(c.breaks),
 	}
@@ -627,6 +656,7 @@ func (ch *chain) verify(cps []checkpoint, signed bool) (Chain, []Break) {
 		add(last.head.Seq, Truncated, last.msg, "the last checkpoint (message %d) commits to seq %d, which is no longer on the stream: the chain now starts at seq %d, so records up to seq %d were removed or expired",
 			last.msg, last.head.Seq, ch.minSeq, ch.minSeq-1)
 	}
+	breaks = append(breaks, ch.verifyTree(cps, &sum)...)
 	if beyond != nil {
 		s := beyond.head.Seq
 		if ch.count == 0 {
@@ -669,4 +699,93 @@ func hashes(ns []node) string {
 		}
 	}
 	return strings.Join(out, " or ")
+}
+
+func countFunc[T any](s []T, f func(T) bool) int {
+	n := 0
+	for _, v := range s {
+		if f(v) {
+			n++
+		}
+	}
+	return n
+}
+
+// verifyTree checks the Merkle checkpoints of ch against its records, in order of tree size.
+// The tree is rebuilt leaf by leaf from seq 1, or, when the stream no longer starts at seq 1,
+// resumed from the compact range of a checkpoint whose range hashes to its signed root; each
+// later checkpoint's root must then be the root of exactly those leaves. So every checkpoint
+// is consistent with the one before it (the tree only grew by appending) and with the records.
+// Checkpoints past the chain's end are left to the truncation check.
+func (ch *chain) verifyTree(cps []checkpoint, sum *Chain) []Break {
+	var breaks []Break
+	add := func(cp *checkpoint, kind Kind, format string, args ...any) {
+		breaks = append(breaks, Break{Instance: ch.name, Seq: cp.head.Seq, Kind: kind, Msg: cp.msg, Detail: fmt.Sprintf(format, args...)})
+	}
+	var tree []*checkpoint
+	for i := range cps {
+		if cps[i].root == nil {
+			sum.ChainOnlyCheckpoints++
+			continue
+		}
+		tree = append(tree, &cps[i])
+	}
+	slices.SortStableFunc(tree, func(a, b *checkpoint) int { return cmp.Compare(a.head.Seq, b.head.Seq) })
+	var (
+		r    *decisionlog.Tree // at size, or nil until a starting point is found
+		size uint64
+		prev *checkpoint // the last checkpoint the tree matched
+	)
+	if ch.minSeq == 1 {
+		r = decisionlog.NewTree()
+	}
+	for _, cp := range tree {
+		n := cp.head.Seq
+		if n > ch.maxSeq {
+			break // past the records: the truncation check reports it
+		}
+		if r != nil {
+			for size < n {
+				nd, ok := ch.records[size+1]
+				if !ok {
+					r = nil // a gap, reported as missing
+					break
+				}
+				if err := r.AppendLeaf(nd.leaf[:]); err != nil {
+					r = nil
+					break
+				}
+				size++
+			}
+		}
+		if r == nil || size != n {
+			// Start (again) here, from this checkpoint's compact range, when it hashes to its root.
+			if cp.frontier == nil {
+				continue
+			}
+			t, err := decisionlog.RestoreTree(n, cp.frontier, cp.root)
+			if err != nil {
+				continue
+			}
+			r, size, prev = t, n, cp // a start, not yet checked against any record
+			continue
+		}
+		_, root, _, _ := r.State()
+		if string(root) != string(cp.root) {
+			since := "the records from seq 1"
+			if prev != nil {
+				since = fmt.Sprintf("the checkpoint at message %d (tree size %d) and the records after it", prev.msg, prev.head.Seq)
+			}
+			src := "checkpoint"
+			if cp.witness {
+				src = "witnessed checkpoint"
+			}
+			add(cp, TreeMismatch, "the %s at message %d signs tree size %d with root %x, but %s give root %x: records up to seq %d were rewritten, or the checkpoint forged",
+				src, cp.msg, n, cp.root[:6], since, root[:6], n)
+			continue
+		}
+		prev = cp
+		sum.TreeCheckpoints++
+	}
+	return breaks
 }

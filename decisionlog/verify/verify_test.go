@@ -458,11 +458,11 @@ func TestCheckReportsChains(t *testing.T) {
 	want := []verify.Chain{
 		{
 			Instance: "a", Records: 5, FirstSeq: 1, LastSeq: 5, HeadHash: s.heads["a"].Hash,
-			Checkpoints: 1, CheckpointsVerified: 1, LastCheckpointSeq: 4, Signers: []string{"custody-a"},
+			Checkpoints: 1, CheckpointsVerified: 1, LastCheckpointSeq: 4, ChainOnlyCheckpoints: 1, Signers: []string{"custody-a"},
 		},
 		{
 			Instance: "b", Records: 5, FirstSeq: 1, LastSeq: 5, HeadHash: s.heads["b"].Hash,
-			Checkpoints: 1, CheckpointsVerified: 1, LastCheckpointSeq: 4, Signers: []string{"custody-b"},
+			Checkpoints: 1, CheckpointsVerified: 1, LastCheckpointSeq: 4, ChainOnlyCheckpoints: 1, Signers: []string{"custody-b"},
 		},
 	}
 	if diff := cmp.Diff(want, rep.Chains); diff != "" {

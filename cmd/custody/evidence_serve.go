@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/rs/zerolog"
+
+	"github.com/custodyhq/custody/decisionlog"
+	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
+)
+
+// evidenceConfig holds serve's settings for evidence: where checkpoints are witnessed.
+type evidenceConfig struct {
+	witnesses stringList
+}
+
+func (c *evidenceConfig) flags(fs *flag.FlagSet) {
+	fs.Var(&c.witnesses, "checkpoint-witness", "also append each checkpoint to `file:PATH` (a file of JSON lines, or a directory of one file per checkpoint) kept where the stream's operator cannot rewrite it; repeatable; custody verify --witness reads it")
+}
+
+// sinkOptions are the sink options evidence needs: the Merkle tree recovery rebuilt (nil: the
+// checkpoints sign the chain head only) and the witnesses. The slice is clipped, so that each
+// sink appending its own options gets a fresh array.
+func (c *evidenceConfig) sinkOptions(tree *decisionlog.Tree, log zerolog.Logger) []custodyjs.Option {
+	var opts []custodyjs.Option
+	if tree != nil {
+		opts = append(opts, custodyjs.WithTree(tree))
+	}
+	var ws []fileWitness
+	for _, w := range c.witnesses {
+		ws = append(ws, fileWitness{path: strings.TrimPrefix(w, "file:")})
+	}
+	if len(ws) > 0 {
+		opts = append(opts, custodyjs.WithCheckpointHook(func(_ context.Context, cp *decisionlog.Checkpoint) {
+			for _, w := range ws {
+				if err := w.add(cp); err != nil {
+					// The checkpoint is on the stream; a witness that missed one weakens only
+					// the truncation check for the records before the next.
+					log.Error().Err(err).Str("witness", w.path).Uint64("seq", cp.Seq).Msg("checkpoint not witnessed")
+				}
+			}
+		}))
+	}
+	return slices.Clip(opts)
+}
+
+// Validate checks the evidence flags before serve starts.
+func (c *evidenceConfig) Validate() error {
+	for _, w := range c.witnesses {
+		path, ok := strings.CutPrefix(w, "file:")
+		if !ok || path == "" {
+			return fmt.Errorf("%w: --checkpoint-witness %q: want file:PATH", errUsage, w)
+		}
+	}
+	return nil
+}
+
+// fileWitness keeps checkpoints in an append-only file (one JSON checkpoint a line) or, when
+// path is a directory, one file per checkpoint, never overwritten.
+type fileWitness struct{ path string }
+
+func (w fileWitness) add(cp *decisionlog.Checkpoint) error {
+	line, err := json.Marshal(cp)
+	if err != nil {
+		return fmt.Errorf("witness: encode checkpoint: %w", err)
+	}
+	path, flags := w.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND
+	if fi, err := os.Stat(w.path); err == nil && fi.IsDir() {
+		path = filepath.Join(w.path, fmt.Sprintf("%s-%020d.json", decisionlog.Token(cp.Instance), cp.Seq))
+		flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	}
+	f, err := os.OpenFile(path, flags, 0o600)
+	if os.IsExist(err) {
+		return nil // this checkpoint is already there (republished after a restart)
+	}
+	if err != nil {
+		return fmt.Errorf("witness: open: %w", err)
+	}
+	if _, err := f.Write(append(line, '\n')); err != nil {
+		f.Close()
+		return fmt.Errorf("witness: append: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("witness: sync: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("witness: close: %w", err)
+	}
+	return nil
+}
