@@ -174,7 +174,12 @@ func TestEveryEndpointRecordsARefusalAlike(t *testing.T) {
 		{name: "policy error", auth: "Bearer ck_good", extra: `, "boom": true`, status: http.StatusOK,
 			want: with(claimed, func(f *refusedFields) { f.Caller = gateway; f.Reasons = []string{pdp.ReasonPolicyError} })},
 		{name: "decision log unavailable", auth: "Bearer ck_good", down: true, status: http.StatusServiceUnavailable,
-			want: with(claimed, func(f *refusedFields) { f.Caller = gateway; f.Reasons = []string{"checked"}; f.Allow = true; f.HasError = false })},
+			want: with(claimed, func(f *refusedFields) {
+				f.Caller = gateway
+				f.Reasons = []string{"checked"}
+				f.Allow = true
+				f.HasError = false
+			})},
 	}
 	for _, k := range kinds {
 		for _, ep := range endpoints {
