@@ -396,7 +396,7 @@ func TestAuthZENLiftsTheAgentEnvelope(t *testing.T) {
 		Resource: pdp.Entity{Type: "mailbox", ID: "alice"},
 		// The envelope is moved out of the context, as the native endpoint never puts it there.
 		Context: map[string]any{"time": "2026-11-27T06:00:00Z"},
-		Agent: &pdp.Agent{ID: "spiffe://acme.example/agents/mailer", Type: "agent", Properties: map[string]any{"model": "m-1"}},
+		Agent:   &pdp.Agent{ID: "spiffe://acme.example/agents/mailer", Type: "agent", Properties: map[string]any{"model": "m-1"}},
 		Delegation: pdp.Delegation{Chain: []any{
 			map[string]any{"type": "user", "id": "alice@acme.example"},
 			map[string]any{"type": "agent", "id": "spiffe://acme.example/agents/mailer"},
