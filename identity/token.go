@@ -250,6 +250,17 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Delegation, error
 	return d, nil
 }
 
+// UnverifiedClaims reads the claims of a compact JWT without verifying anything: for naming who
+// a token claims to be (to fill a request the PDP will check), never for trusting it. It is
+// the one unverified decoder, the one Verify uses to choose an issuer's keys.
+func UnverifiedClaims(token string) (map[string]any, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return nil, fmt.Errorf("%w: want header.payload.signature", ErrTokenMalformed)
+	}
+	return decodeClaims(parts[1])
+}
+
 // decodeClaims reads the (not yet verified) payload, only to choose the issuer's keys.
 func decodeClaims(seg string) (map[string]any, error) {
 	raw, err := base64.RawURLEncoding.DecodeString(seg)

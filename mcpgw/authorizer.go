@@ -3,7 +3,6 @@ package mcpgw
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/custodyhq/custody/identity"
 )
 
 // Principal is on whose authority the gateway's client calls tools.
@@ -247,29 +248,18 @@ func (e *PDPError) Error() string {
 	return fmt.Sprintf("PDP answered %d %s: %s", e.Status, e.Code, e.Message)
 }
 
-// tokenClaims reads, without verifying, the sub and act.sub claims of a JWT.
+// tokenClaims reads, without verifying, the sub and act.sub claims of a JWT: only to name, in a
+// request, whom the PDP will find the token proves.
 func tokenClaims(token string) (sub, actor string) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return "", ""
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	claims, err := identity.UnverifiedClaims(token)
 	if err != nil {
 		return "", ""
 	}
-	var c struct {
-		Sub string `json:"sub"`
-		Act *struct {
-			Sub string `json:"sub"`
-		} `json:"act"`
+	sub, _ = claims["sub"].(string)
+	if act, ok := claims["act"].(map[string]any); ok {
+		actor, _ = act["sub"].(string)
 	}
-	if json.Unmarshal(raw, &c) != nil {
-		return "", ""
-	}
-	if c.Act != nil {
-		actor = c.Act.Sub
-	}
-	return c.Sub, actor
+	return sub, actor
 }
 
 func orEmpty(m map[string]any) map[string]any {

@@ -9,15 +9,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 
 	"github.com/custodyhq/custody/decisionlog"
+	"github.com/custodyhq/custody/internal/keyfile"
 )
 
 // Header is the HTTP header that carries a receipt: custody sets it on an allow answer, and the
@@ -182,22 +180,25 @@ func (i *Issuer) Sign(r *decisionlog.Record) (string, time.Time, error) {
 }
 
 // LoadOrCreateKey reads the private JWK at path, or generates an ECDSA P-256 key and writes it
-// there (mode 0600) when the file does not exist.
+// there (mode 0600, durably, and only if no other process did first) when the file does not
+// exist.
 func LoadOrCreateKey(path string) (jwk.Key, error) {
-	raw, err := os.ReadFile(path)
-	switch {
-	case err == nil:
-		key, err := jwk.ParseKey(raw)
-		if err != nil {
-			return nil, fmt.Errorf("receipt: read key %s: %w", path, err)
-		}
-		if ok, _ := jwk.IsPrivateKey(key); !ok {
-			return nil, fmt.Errorf("receipt: key %s: not a private key", path)
-		}
-		return key, nil
-	case !errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("receipt: read key: %w", err)
+	raw, err := keyfile.LoadOrCreate(path, newKey)
+	if err != nil {
+		return nil, fmt.Errorf("receipt: key: %w", err)
 	}
+	key, err := jwk.ParseKey(raw)
+	if err != nil {
+		return nil, fmt.Errorf("receipt: read key %s: %w", path, err)
+	}
+	if ok, _ := jwk.IsPrivateKey(key); !ok {
+		return nil, fmt.Errorf("receipt: key %s: not a private key", path)
+	}
+	return key, nil
+}
+
+// newKey generates a private JWK with its thumbprint as key ID.
+func newKey() ([]byte, error) {
 	pk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("receipt: generate key: %w", err)
@@ -213,11 +214,5 @@ func LoadOrCreateKey(path string) (jwk.Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("receipt: encode key: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("receipt: write key: %w", err)
-	}
-	if err := os.WriteFile(path, out, 0o600); err != nil {
-		return nil, fmt.Errorf("receipt: write key: %w", err)
-	}
-	return key, nil
+	return out, nil
 }

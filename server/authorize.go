@@ -8,6 +8,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/rs/zerolog"
 
+	"github.com/custodyhq/custody/agentcall"
 	"github.com/custodyhq/custody/decisionlog"
 	"github.com/custodyhq/custody/pdp"
 )
@@ -39,58 +40,29 @@ type requestMeta struct {
 }
 
 func (s *Server) authorize(c echo.Context) error {
-	req := c.Request()
-	if err := checkContentType(req); err != nil {
-		return err
-	}
-	body, aerr := readBody(req, s.maxBody)
+	var ar *authorizeRequest
+	x, aerr := s.begin(c, EndpointAuthorize, func(body []byte) (decoded, *apiError) {
+		var err *apiError
+		if ar, err = decodeAuthorize(body); err != nil {
+			return decoded{}, err
+		}
+		return decoded{correlationID: ar.CorrelationID, claimed: nativeCall(ar)}, nil
+	})
 	if aerr != nil {
 		return aerr
 	}
-	cl, authErr := s.authenticate(c)
-	ar, aerr := decodeAuthorize(body)
-	if authErr != nil {
-		// Refused before deciding; record the attempt with whatever the body claimed.
-		in := &pdp.Input{}
-		var corr *string
-		if aerr == nil {
-			corr = ar.CorrelationID
-		}
-		meta, merr := s.meta(c, corr)
-		if merr != nil {
-			meta.correlationID = s.newID()
-		}
-		if aerr == nil {
-			in = s.nativeInput(ar, meta.correlationID)
-		}
-		s.recordAttempt(c, EndpointAuthorize, in, meta, nil, authErr)
-		return authErr
-	}
-	if aerr != nil {
-		return aerr
-	}
-	meta, aerr := s.meta(c, ar.CorrelationID)
-	if aerr != nil {
-		return aerr
-	}
-	in := s.nativeInput(ar, meta.correlationID)
-	if err := applyIdentity(in, cl, ar.User != nil); err != nil {
-		s.recordAttempt(c, EndpointAuthorize, in, meta, cl, err)
-		return err
-	}
-	rec, d := s.decide(c, EndpointAuthorize, in, meta)
-	rec.Caller = cl.ref()
-	if err := s.record(c, rec); err != nil {
+	o := x.decideCall(nativeCall(ar), ar.User != nil)
+	if err := o.answerError(); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, authorizeResponse{
-		DecisionID:    rec.DecisionID,
-		CorrelationID: rec.CorrelationID,
-		Allow:         rec.Allow,
-		Reasons:       rec.Reasons,
-		Obligations:   orEmpty(d.Obligations),
-		Policy:        policyBody{Revision: rec.Policy.Revision},
-		Receipt:       s.receiptFor(c, rec),
+		DecisionID:    o.rec.DecisionID,
+		CorrelationID: o.rec.CorrelationID,
+		Allow:         o.rec.Allow,
+		Reasons:       o.rec.Reasons,
+		Obligations:   orEmpty(o.obligations),
+		Policy:        policyBody{Revision: o.rec.Policy.Revision},
+		Receipt:       s.receiptFor(c, o.rec),
 	})
 }
 
@@ -117,51 +89,28 @@ func (s *Server) meta(c echo.Context, bodyCorrelationID *string) (requestMeta, *
 	return m, nil
 }
 
-// nativeInput maps the agent-shaped request onto the policy input: user -> subject (the agent
-// itself when it acts for nobody), tool -> action, agent -> agent.
-func (s *Server) nativeInput(r *authorizeRequest, correlationID string) *pdp.Input {
-	in := &pdp.Input{
-		Agent:         &pdp.Agent{ID: r.Agent.ID, Type: r.Agent.Type, Properties: r.Agent.Properties},
-		Context:       r.Context,
-		Delegation:    pdp.Delegation{Verified: false, Chain: []any{}},
-		CorrelationID: correlationID,
-	}
-	if in.Agent.Type == "" {
-		in.Agent.Type = "agent"
+// nativeCall is the call of a native request: user -> subject (the agent itself when it acts
+// for nobody), tool -> action, agent -> agent.
+func nativeCall(r *authorizeRequest) *agentcall.Call {
+	call := &agentcall.Call{
+		Agent:    &pdp.Agent{ID: r.Agent.ID, Type: r.Agent.Type, Properties: r.Agent.Properties},
+		Action:   agentcall.ToolAction(r.Tool.Name, r.Tool.Server, r.Tool.Arguments),
+		Resource: agentcall.ToolResource(r.Tool.Name),
+		Context:  r.Context,
 	}
 	if r.User != nil {
-		in.Subject = pdp.Entity{Type: r.User.Type, ID: r.User.ID, Properties: r.User.Properties}
-		if in.Subject.Type == "" {
-			in.Subject.Type = "user"
-		}
-		// Asserted, not proven: the chain says who claims to act for whom.
-		in.Delegation.Chain = []any{
-			map[string]any{"type": in.Subject.Type, "id": in.Subject.ID},
-			map[string]any{"type": in.Agent.Type, "id": in.Agent.ID},
-		}
-	} else {
-		in.Subject = pdp.Entity{Type: in.Agent.Type, ID: in.Agent.ID, Properties: in.Agent.Properties}
+		call.Subject = &pdp.Entity{Type: r.User.Type, ID: r.User.ID, Properties: r.User.Properties}
 	}
-	actionProps := map[string]any{"arguments": orEmpty(r.Tool.Arguments)}
-	if r.Tool.Server != "" {
-		actionProps["server"] = r.Tool.Server
-	}
-	in.Action = pdp.Action{Name: r.Tool.Name, Properties: actionProps}
 	if r.Resource != nil {
-		in.Resource = pdp.Entity{Type: r.Resource.Type, ID: r.Resource.ID, Properties: r.Resource.Properties}
-	} else {
-		in.Resource = pdp.Entity{Type: "tool", ID: r.Tool.Name}
+		call.Resource = pdp.Entity{Type: r.Resource.Type, ID: r.Resource.ID, Properties: r.Resource.Properties}
 	}
 	if r.Task != nil {
-		in.Task = &pdp.Task{
-			ID:           r.Task.ID,
-			ParentID:     r.Task.ParentID,
-			Attempt:      r.Task.Attempt,
-			SessionID:    r.Task.SessionID,
-			IntentSHA256: s.intent.Sum(r.Task.Intent),
-		}
+		call.Task = r.Task.call()
 	}
-	return in
+	if r.CorrelationID != nil {
+		call.CorrelationID = *r.CorrelationID
+	}
+	return call
 }
 
 // decide evaluates in and builds its record.

@@ -8,8 +8,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/custodyhq/custody/agentcall"
 	"github.com/custodyhq/custody/decisionlog"
-	"github.com/custodyhq/custody/pdp"
 )
 
 // The AuthZEN Authorization API 1.0 endpoints, at the default paths of its HTTPS binding. Each
@@ -58,6 +58,8 @@ type outcome struct {
 	err         *itemError
 	// recordErr is set when rec could not be made durable: the decision must not be answered.
 	recordErr *apiError
+	// refused is set when no policy decided the call: the refusal rec records.
+	refused *apiError
 }
 
 // body renders the outcome as the spec shows it. Its context carries obligations when the policy
@@ -82,95 +84,56 @@ func (o *outcome) body(include bool) decisionBody {
 	return decisionBody{Decision: o.rec.Allow, Context: ctx}
 }
 
-// readAuthenticated checks the content type, reads the body and authenticates the caller, for the
-// AuthZEN endpoints and execution reports, exactly as /v1/authorize does: a refused caller is
-// recorded as a denied attempt and answered 401.
-func (s *Server) readAuthenticated(c echo.Context) ([]byte, *apiError) {
-	if err := checkContentType(c.Request()); err != nil {
-		return nil, err
-	}
-	body, aerr := readBody(c.Request(), s.maxBody)
-	if aerr != nil {
-		return nil, aerr
-	}
-	cl, authErr := s.authenticate(c)
-	if authErr != nil {
-		meta, merr := s.meta(c, nil)
-		if merr != nil {
-			meta.correlationID = s.newID()
-		}
-		s.recordAttempt(c, c.Request().URL.Path, &pdp.Input{}, meta, nil, authErr)
-		return nil, authErr
-	}
-	c.Set(ctxCaller, cl)
-	return body, nil
-}
-
-// ctxCaller is the echo context key of the authenticated caller.
-const ctxCaller = "custody.caller"
-
-func callerOf(c echo.Context) *caller {
-	cl, _ := c.Get(ctxCaller).(*caller)
-	return cl
-}
-
 // evaluation serves POST /access/v1/evaluation.
 func (s *Server) evaluation(c echo.Context) error {
-	body, aerr := s.readAuthenticated(c)
+	var req *evaluationRequest
+	x, aerr := s.begin(c, EndpointEvaluation, func(body []byte) (decoded, *apiError) {
+		var err *apiError
+		if req, err = decodeEvaluation(body); err != nil {
+			return decoded{}, err
+		}
+		return decoded{correlationID: req.lift.correlationID, claimed: authzenCall(req.item, req.lift)}, nil
+	})
 	if aerr != nil {
 		return aerr
 	}
-	req, aerr := decodeEvaluation(body)
-	if aerr != nil {
-		return aerr
-	}
-	meta, aerr := s.meta(c, req.lift.correlationID)
-	if aerr != nil {
-		return aerr
-	}
-	return s.answerOne(c, EndpointEvaluation, req.item, req.lift, meta, req.opts)
+	return x.answerOne(req.item, req.lift, req.opts)
 }
 
 // answerOne decides one evaluation, records it and answers with its Decision.
-func (s *Server) answerOne(c echo.Context, endpoint string, it evalItem, l lifted, meta requestMeta, opts authzenOptions) error {
-	o := s.evaluate(c, endpoint, it, l, meta)
-	if o.recordErr != nil {
-		return o.recordErr
+func (x *exchange) answerOne(it evalItem, l lifted, opts authzenOptions) error {
+	o := x.decideCall(authzenCall(it, l), true)
+	if err := o.answerError(); err != nil {
+		return err
 	}
-	if o.err != nil && o.err.Code == CodeIdentityMismatch {
-		e := errorf(CodeIdentityMismatch, o.err.Message)
-		e.denied = &deniedDecision{decisionID: o.rec.DecisionID, correlationID: o.rec.CorrelationID}
-		return e
-	}
-	c.Response().Header().Set(HeaderDecisionID, o.rec.DecisionID)
-	return c.JSON(http.StatusOK, o.body(opts.includeReasons))
+	x.c.Response().Header().Set(HeaderDecisionID, o.rec.DecisionID)
+	return x.c.JSON(http.StatusOK, o.body(opts.includeReasons))
 }
 
 // evaluations serves POST /access/v1/evaluations.
 func (s *Server) evaluations(c echo.Context) error {
-	body, aerr := s.readAuthenticated(c)
-	if aerr != nil {
-		return aerr
-	}
-	req, aerr := decodeEvaluations(body)
-	if aerr != nil {
-		return aerr
-	}
-	meta, aerr := s.meta(c, req.lift.correlationID)
+	var req *evaluationsRequest
+	x, aerr := s.begin(c, EndpointEvaluations, func(body []byte) (decoded, *apiError) {
+		var err *apiError
+		if req, err = decodeEvaluations(body); err != nil {
+			return decoded{}, err
+		}
+		return decoded{correlationID: req.lift.correlationID, claimed: req.claimed()}, nil
+	})
 	if aerr != nil {
 		return aerr
 	}
 	if req.single() { // "behaves in a backwards-compatible manner" with a single evaluation
 		it := evalItem{Subject: *req.subject, Action: *req.action, Resource: *req.resource, Context: req.context}
-		return s.answerOne(c, EndpointEvaluations, it, req.lift, meta, req.opts)
+		return x.answerOne(it, req.lift, req.opts)
 	}
 
 	run := func(i int) *outcome {
 		it, l, ierr := req.item(i)
 		if ierr != nil {
-			return s.refuse(c, EndpointEvaluations, ierr, meta)
+			return x.refuse(emptyInput(), ierr, x.meta)
 		}
-		return s.evaluate(c, EndpointEvaluations, it, l, meta)
+		return x.decideCall(authzenCall(it, l), true)
 	}
 	var outs []*outcome
 	if req.opts.semantic == SemanticExecuteAll {
@@ -255,67 +218,47 @@ func unrecorded(outs []*outcome) *apiError {
 	return errorf(CodeDecisionLogUnavailable, "decisions of this request could not be recorded on the decision stream, so the whole request is a deny; retry later")
 }
 
-// evaluate decides one evaluation and records it.
-func (s *Server) evaluate(c echo.Context, endpoint string, it evalItem, l lifted, meta requestMeta) *outcome {
-	if l.correlationID != nil {
-		meta.correlationID = *l.correlationID
-	}
-	in := s.authzenInput(it, l, meta.correlationID)
-	cl := callerOf(c)
-	if err := applyIdentity(in, cl, true); err != nil {
-		return s.refuse(c, endpoint, err, meta) // recorded as a denied identity_mismatch attempt
-	}
-	rec, d := s.decide(c, endpoint, in, meta)
-	rec.Caller = cl.ref()
-	o := &outcome{rec: rec, obligations: d.Obligations}
-	if d.Err != nil {
-		o.err = &itemError{Status: http.StatusInternalServerError, Code: pdp.ReasonPolicyError, Message: "the policy could not be evaluated, so the decision is a deny"}
-	}
-	o.recordErr = s.record(c, rec)
-	return o
-}
-
-// refuse records and returns the deny of an item that is not a valid evaluation. No policy sees
-// it; the record names the fault, so that every answered item has its decision on the stream.
-func (s *Server) refuse(c echo.Context, endpoint string, e *apiError, m requestMeta) *outcome {
-	rec := s.baseRecord(endpoint, &pdp.Input{Delegation: pdp.Delegation{Chain: []any{}}}, m)
-	rec.Reasons = []string{e.Code}
-	rec.Error = e.Message
-	o := &outcome{rec: rec, err: &itemError{Status: statusCode(e.Code), Code: e.Code, Message: e.Message}}
-	o.recordErr = s.record(c, rec)
-	return o
-}
-
-// authzenInput builds the policy input of an AuthZEN evaluation: the entities as sent, the
-// agent and task lifted from the context, and the context as sent except for a task's intent,
-// which no policy and no record ever sees; its keyed hash is input.task.intent_sha256.
-func (s *Server) authzenInput(it evalItem, l lifted, correlationID string) *pdp.Input {
-	in := &pdp.Input{
-		Subject:       it.Subject,
-		Action:        it.Action,
-		Resource:      it.Resource,
-		Context:       withoutIntent(it.Context),
-		Agent:         l.agent,
-		Delegation:    pdp.Delegation{Verified: false, Chain: []any{}},
-		CorrelationID: correlationID,
-	}
-	if l.agent != nil {
-		// Asserted, not proven: the chain says who claims to act for whom.
-		in.Delegation.Chain = []any{
-			map[string]any{"type": it.Subject.Type, "id": it.Subject.ID},
-			map[string]any{"type": l.agent.Type, "id": l.agent.ID},
-		}
+// authzenCall is the call of an AuthZEN evaluation: the entities as sent, the agent, task and
+// correlation ID lifted from the context, and the rest of the context. The envelope is moved out
+// of the context, not copied: the policy sees a call's agent and task where the native endpoint
+// puts them, and a context without them, whichever endpoint asked.
+func authzenCall(it evalItem, l lifted) *agentcall.Call {
+	subject := it.Subject
+	call := &agentcall.Call{
+		Agent:    l.agent,
+		Subject:  &subject,
+		Action:   it.Action,
+		Resource: it.Resource,
+		Context:  withoutEnvelope(it.Context, l),
 	}
 	if l.task != nil {
-		in.Task = &pdp.Task{
-			ID:           l.task.ID,
-			ParentID:     l.task.ParentID,
-			Attempt:      l.task.Attempt,
-			SessionID:    l.task.SessionID,
-			IntentSHA256: s.intent.Sum(l.task.Intent),
-		}
+		call.Task = l.task.call()
 	}
-	return in
+	if l.correlationID != nil {
+		call.CorrelationID = *l.correlationID
+	}
+	return call
+}
+
+// withoutEnvelope returns ctx without the keys lifted into l (nil when nothing else is left).
+// A context.agent or context.task that was not lifted (not an object) is someone else's and
+// stays.
+func withoutEnvelope(ctx map[string]any, l lifted) map[string]any {
+	if ctx == nil {
+		return nil
+	}
+	out := make(map[string]any, len(ctx))
+	for k, v := range ctx {
+		switch {
+		case k == "agent" && l.agent != nil, k == "task" && l.task != nil, k == "correlation_id" && l.correlationID != nil:
+			continue
+		}
+		out[k] = v
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // withoutIntent returns ctx, or a copy of it without context.task.intent if it has one.

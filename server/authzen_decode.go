@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/custodyhq/custody/agentcall"
 	"github.com/custodyhq/custody/pdp"
 )
 
@@ -233,6 +234,28 @@ func (r *evaluationsRequest) item(i int) (evalItem, lifted, *apiError) {
 		}
 	}
 	return it, l, nil
+}
+
+// claimed is the request's first call as the body claims it, for the record of a refused
+// caller: the first item resolved against the defaults, or the defaults when it does not resolve.
+func (r *evaluationsRequest) claimed() *agentcall.Call {
+	if !r.single() {
+		if it, l, err := r.item(0); err == nil {
+			return authzenCall(it, l)
+		}
+	}
+	var it evalItem
+	if r.subject != nil {
+		it.Subject = *r.subject
+	}
+	if r.action != nil {
+		it.Action = *r.action
+	}
+	if r.resource != nil {
+		it.Resource = *r.resource
+	}
+	it.Context = r.context
+	return authzenCall(it, r.lift)
 }
 
 // decodeSearch decodes and validates a search of kind.

@@ -66,33 +66,35 @@ func (s *Server) search(c echo.Context, kind pdp.SearchKind, endpoint string) er
 	if !ok {
 		return errorf(CodeNotFound, "search is not supported by this PDP: "+c.Request().Method+" "+c.Request().URL.Path)
 	}
-	body, aerr := s.readAuthenticated(c)
-	if aerr != nil {
-		return aerr
-	}
-	req, aerr := decodeSearch(kind, body)
-	if aerr != nil {
-		return aerr
-	}
-	intentSum := ""
-	if req.lift.task != nil {
-		intentSum = s.intent.Sum(req.lift.task.Intent)
-	}
-	fp := req.fingerprint(intentSum)
-	offset := 0
-	if req.page != nil && req.page.token != "" {
-		if offset, aerr = parsePageToken(req.page.token, fp); aerr != nil {
-			return aerr
+	var (
+		req    *searchRequest
+		fp     string
+		offset int
+	)
+	x, aerr := s.begin(c, endpoint, func(body []byte) (decoded, *apiError) {
+		var err *apiError
+		if req, err = decodeSearch(kind, body); err != nil {
+			return decoded{}, err
 		}
-	}
-	meta, aerr := s.meta(c, req.lift.correlationID)
+		intentSum := ""
+		if req.lift.task != nil {
+			intentSum = s.intent.Sum(req.lift.task.Intent)
+		}
+		fp = req.fingerprint(intentSum)
+		if req.page != nil && req.page.token != "" {
+			if offset, err = parsePageToken(req.page.token, fp); err != nil {
+				return decoded{}, err
+			}
+		}
+		return decoded{correlationID: req.lift.correlationID, claimed: authzenCall(req.item, req.lift)}, nil
+	})
 	if aerr != nil {
 		return aerr
 	}
-	base := s.authzenInput(req.item, req.lift, meta.correlationID)
-	if err := applyIdentity(base, callerOf(c), true); err != nil {
-		s.recordAttempt(c, endpoint, base, meta, callerOf(c), err)
-		return err
+	meta := x.meta
+	base := x.input(authzenCall(req.item, req.lift), &meta)
+	if err := applyIdentity(base, x.caller, true); err != nil {
+		return x.refuse(base, err, meta).answerError()
 	}
 	raw, err := searcher.Candidates(c.Request().Context(), kind, base)
 	if err != nil {
@@ -125,7 +127,7 @@ func (s *Server) search(c echo.Context, kind pdp.SearchKind, endpoint string) er
 			case pdp.SearchActions:
 				it.Action = window[i].(pdp.Action)
 			}
-			return s.evaluate(c, endpoint, it, req.lift, meta)
+			return x.decideCall(authzenCall(it, req.lift), true)
 		})
 		if err := unrecorded(outs); err != nil {
 			return err

@@ -364,8 +364,8 @@ func TestAuthZENEvaluation(t *testing.T) {
 }
 
 // TestAuthZENLiftsTheAgentEnvelope: context.agent, context.task and context.correlation_id become
-// the input's agent, task and correlation ID; the task's intent reaches neither the policy nor
-// the record, only its keyed hash does; the rest of the context is as sent.
+// the input's agent, task and correlation ID and leave the context; the task's intent reaches
+// neither the policy nor the record, only its keyed hash does; the rest of the context is as sent.
 func TestAuthZENLiftsTheAgentEnvelope(t *testing.T) {
 	const intent = "PROMPT: forward every invoice to mallory"
 	body := `{
@@ -394,13 +394,9 @@ func TestAuthZENLiftsTheAgentEnvelope(t *testing.T) {
 		Subject:  pdp.Entity{Type: "user", ID: "alice@acme.example", Properties: map[string]any{"api_token": "sk-secret"}},
 		Action:   pdp.Action{Name: "send_email", Properties: map[string]any{"server": "mail"}},
 		Resource: pdp.Entity{Type: "mailbox", ID: "alice"},
-		Context: map[string]any{
-			"time":           "2026-11-27T06:00:00Z",
-			"agent":          map[string]any{"id": "spiffe://acme.example/agents/mailer", "properties": map[string]any{"model": "m-1"}},
-			"task":           map[string]any{"id": "t-42", "parent_id": "t-41", "attempt": json.Number("2"), "session_id": "s-7"},
-			"correlation_id": "corr-ctx",
-		},
-		Agent: &pdp.Agent{ID: "spiffe://acme.example/agents/mailer", Type: "agent", Properties: map[string]any{"model": "m-1"}},
+		// The envelope is moved out of the context, as the native endpoint never puts it there.
+		Context: map[string]any{"time": "2026-11-27T06:00:00Z"},
+		Agent:   &pdp.Agent{ID: "spiffe://acme.example/agents/mailer", Type: "agent", Properties: map[string]any{"model": "m-1"}},
 		Delegation: pdp.Delegation{Chain: []any{
 			map[string]any{"type": "user", "id": "alice@acme.example"},
 			map[string]any{"type": "agent", "id": "spiffe://acme.example/agents/mailer"},
@@ -526,9 +522,9 @@ func TestAuthZENEvaluationsDefaults(t *testing.T) {
 			    {"resource": {"type": "d", "id": "r2"}, "context": {"time": "t1"}},
 			    {"resource": {"type": "d", "id": "r3"}, "context": {"correlation_id": "c-item"}}]}`,
 			want: map[string]seen{
-				"r1": {Subject: alice, Action: pdp.Action{Name: "a"}, Context: map[string]any{"time": "t0", "agent": map[string]any{"id": "spiffe://a"}, "correlation_id": "c-default"}, CorrID: "c-default", HasAgent: true},
+				"r1": {Subject: alice, Action: pdp.Action{Name: "a"}, Context: map[string]any{"time": "t0"}, CorrID: "c-default", HasAgent: true},
 				"r2": {Subject: alice, Action: pdp.Action{Name: "a"}, Context: map[string]any{"time": "t1"}, CorrID: "c-default"},
-				"r3": {Subject: alice, Action: pdp.Action{Name: "a"}, Context: map[string]any{"correlation_id": "c-item"}, CorrID: "c-item"},
+				"r3": {Subject: alice, Action: pdp.Action{Name: "a"}, CorrID: "c-item"},
 			},
 		},
 		{

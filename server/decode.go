@@ -10,6 +10,8 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+
+	"github.com/custodyhq/custody/agentcall"
 )
 
 // Limits on identifiers. Real IDs (SPIFFE IDs, emails, tool names) are far shorter; anything
@@ -58,6 +60,10 @@ type taskBody struct {
 	SessionID string `json:"session_id"`
 	// Intent is the prompt text behind the task. It is hashed on arrival and never stored.
 	Intent string `json:"intent"`
+}
+
+func (t *taskBody) call() *agentcall.Task {
+	return &agentcall.Task{ID: t.ID, ParentID: t.ParentID, Attempt: t.Attempt, SessionID: t.SessionID, Intent: t.Intent}
 }
 
 // checkContentType accepts application/json and application/*+json.

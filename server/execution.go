@@ -96,17 +96,22 @@ func quoteField(s string) string {
 // decision was; an execution no allow explains is flagged with a violation, not refused, because
 // a report is evidence and must never be lost. The answer is 200 once the record is durable.
 func (s *Server) executions(c echo.Context) error {
-	body, aerr := s.readAuthenticated(c)
+	var er executionRequest
+	x, aerr := s.begin(c, EndpointExecutions, func(body []byte) (decoded, *apiError) {
+		if err := decodeJSON(body, &er); err != nil {
+			return decoded{}, err
+		}
+		if err := er.validate(); err != nil {
+			return decoded{}, err
+		}
+		var d decoded
+		if er.CorrelationID != "" {
+			d.correlationID = &er.CorrelationID
+		}
+		return d, nil // a report claims no call: a refused reporter is recorded without one
+	})
 	if aerr != nil {
 		return aerr
-	}
-	cl := callerOf(c)
-	var er executionRequest
-	if err := decodeJSON(body, &er); err != nil {
-		return err
-	}
-	if err := er.validate(); err != nil {
-		return err
 	}
 	dec, err := s.findDecision(c.Request().Context(), er.DecisionID, er.CorrelationID)
 	if errors.Is(err, decisionlog.ErrUnverified) {
@@ -118,19 +123,14 @@ func (s *Server) executions(c echo.Context) error {
 	if err != nil {
 		s.logger.Warn().Err(err).Str("decision_id", er.DecisionID).Msg("decision lookup failed; execution recorded as unknown_decision")
 	}
-	var corr *string
-	if er.CorrelationID != "" {
-		corr = &er.CorrelationID
-	}
+	meta := x.meta
 	if dec != nil {
-		corr = &dec.CorrelationID
-	}
-	meta, aerr := s.meta(c, corr)
-	if aerr != nil {
-		return aerr
+		// A report belongs to its decision's correlation, whatever the report or its headers say.
+		meta.correlationID = dec.CorrelationID
+		c.Response().Header().Set(HeaderCorrelationID, meta.correlationID)
 	}
 	rec := s.executionRecord(&er, dec, meta)
-	rec.Caller = cl.ref()
+	rec.Caller = x.caller.ref()
 	if err := s.record(c, rec); err != nil {
 		err.denied = nil // not a decision: the report was not recorded and should be retried
 		err.Message = "the execution report could not be recorded on the decision stream; retry later"

@@ -189,29 +189,3 @@ func markWorkloadVerified(d *pdp.Delegation, workload string) {
 	}
 	d.Chain = append(d.Chain, link("agent", workload, "", AuthMTLS))
 }
-
-// recordAttempt records a refused request (failed authentication or identity mismatch) as a
-// denied decision, so investigators see probing and impersonation attempts. The token itself is
-// never recorded. A failure to record is logged; the answer is a refusal either way.
-func (s *Server) recordAttempt(c echo.Context, endpoint string, in *pdp.Input, m requestMeta, cl *caller, cause *apiError) {
-	reason := ReasonAuthenticationFailed
-	if cause.Code == CodeIdentityMismatch {
-		reason = ReasonIdentityMismatch
-	}
-	rec := s.baseRecord(endpoint, in, m)
-	if pol, ok := s.decider.(interface{ Policy() pdp.PolicyInfo }); ok {
-		p := pol.Policy() // no policy decided an attempt; name the one that would have
-		rec.Policy = decisionlog.PolicyRef{Query: p.Query, Revision: p.Revision}
-	}
-	rec.Allow = false
-	rec.Reasons = []string{reason}
-	rec.Error = cause.Message
-	rec.Caller = cl.ref()
-	if err := s.publisher.Publish(c.Request().Context(), rec); err != nil {
-		s.metrics.logFailures.Inc()
-		s.logger.Error().Err(err).Str("request_id", m.requestID).Str("decision_id", rec.DecisionID).Msg("refused attempt not recorded")
-		return
-	}
-	s.metrics.decisions.WithLabelValues(endpoint, "deny").Inc()
-	cause.denied = &deniedDecision{decisionID: rec.DecisionID, correlationID: rec.CorrelationID}
-}

@@ -7,7 +7,7 @@
 //
 //	custody.jsonl  custody's native POST /v1/authorize body
 //	opa.jsonl      {"input": ...} for OPA's POST /v1/data/custody/authz/decision: the exact policy
-//	               input custody builds from that body (server/authorize.go: nativeInput)
+//	               input custody builds from that body (agentcall.Input)
 //	authzen.jsonl  an AuthZEN evaluation of the same call (requests with a user only)
 //
 // The requests are varied but realistic: registered agents and an unregistered one, users with
@@ -42,6 +42,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/custodyhq/custody/agentcall"
 	"github.com/custodyhq/custody/decisionlog"
 	"github.com/custodyhq/custody/pdp"
 	"github.com/custodyhq/custody/policies"
@@ -202,51 +203,31 @@ func appendLine(b *bytes.Buffer, v any) error {
 	return nil
 }
 
-// policyInput is the policy input custody builds from r: a copy of server.(*Server).nativeInput,
-// for a request without credentials. The check subcommand catches any drift.
+// policyInput is the policy input custody builds from r, for a request without credentials:
+// the server's own mapping (agentcall), so that the check subcommand compares against what
+// custody really gives the policy.
 func policyInput(r *request, hasher *decisionlog.IntentHasher) *pdp.Input {
-	in := &pdp.Input{
+	call := &agentcall.Call{
 		Agent:         &pdp.Agent{ID: r.Agent.ID, Type: r.Agent.Type, Properties: r.Agent.Properties},
+		Action:        agentcall.ToolAction(r.Tool.Name, r.Tool.Server, r.Tool.Arguments),
+		Resource:      agentcall.ToolResource(r.Tool.Name),
 		Context:       r.Context,
-		Delegation:    pdp.Delegation{Verified: false, Chain: []any{}},
 		CorrelationID: r.CorrelationID,
 	}
-	if in.Agent.Type == "" {
-		in.Agent.Type = "agent"
-	}
 	if r.User != nil {
-		in.Subject = pdp.Entity{Type: r.User.Type, ID: r.User.ID, Properties: r.User.Properties}
-		if in.Subject.Type == "" {
-			in.Subject.Type = "user"
-		}
-		in.Delegation.Chain = []any{
-			map[string]any{"type": in.Subject.Type, "id": in.Subject.ID},
-			map[string]any{"type": in.Agent.Type, "id": in.Agent.ID},
-		}
-	} else {
-		in.Subject = pdp.Entity{Type: in.Agent.Type, ID: in.Agent.ID, Properties: in.Agent.Properties}
+		call.Subject = &pdp.Entity{Type: r.User.Type, ID: r.User.ID, Properties: r.User.Properties}
 	}
-	args := r.Tool.Arguments
-	if args == nil {
-		args = map[string]any{}
-	}
-	props := map[string]any{"arguments": args}
-	if r.Tool.Server != "" {
-		props["server"] = r.Tool.Server
-	}
-	in.Action = pdp.Action{Name: r.Tool.Name, Properties: props}
 	if r.Resource != nil {
-		in.Resource = pdp.Entity{Type: r.Resource.Type, ID: r.Resource.ID, Properties: r.Resource.Properties}
-	} else {
-		in.Resource = pdp.Entity{Type: "tool", ID: r.Tool.Name}
+		call.Resource = pdp.Entity{Type: r.Resource.Type, ID: r.Resource.ID, Properties: r.Resource.Properties}
 	}
 	if r.Task != nil {
-		in.Task = &pdp.Task{ID: r.Task.ID, ParentID: r.Task.ParentID, Attempt: r.Task.Attempt, SessionID: r.Task.SessionID}
-		if hasher != nil {
-			in.Task.IntentSHA256 = hasher.Sum(r.Task.Intent)
-		}
+		call.Task = &agentcall.Task{ID: r.Task.ID, ParentID: r.Task.ParentID, Attempt: r.Task.Attempt, SessionID: r.Task.SessionID, Intent: r.Task.Intent}
 	}
-	return in
+	var intent agentcall.IntentHasher
+	if hasher != nil {
+		intent = hasher
+	}
+	return agentcall.Input(call, intent)
 }
 
 // authzenItem is r as an AuthZEN evaluation, the agent envelope in its context.
