@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -16,11 +16,11 @@ import (
 func recoverChain(ctx context.Context, stream custodyjs.RecoverStream, instance, vkey string, log zerolog.Logger) (decisionlog.ChainHead, error) {
 	verifiers, err := decisionlog.NewVerifiers(vkey)
 	if err != nil {
-		return decisionlog.ChainHead{}, fmt.Errorf("serve: recover chain: %w", err)
+		return decisionlog.ChainHead{}, fmt.Errorf("app: recover chain: %w", err)
 	}
 	rec, err := custodyjs.RecoverHead(ctx, stream, instance, verifiers)
 	if err != nil {
-		return decisionlog.ChainHead{}, fmt.Errorf("serve: %w", err)
+		return decisionlog.ChainHead{}, fmt.Errorf("app: %w", err)
 	}
 	if rec.Skipped > 0 || rec.CheckpointsRejected > 0 {
 		log.Warn().Int("skipped", rec.Skipped).Str("first_skipped", rec.FirstSkip).
