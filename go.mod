@@ -17,6 +17,8 @@ require (
 	golang.org/x/mod v0.41.0
 )
 
+require go.uber.org/goleak v1.3.0
+
 require (
 	github.com/agnivade/levenshtein v1.2.2 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect

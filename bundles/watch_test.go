@@ -17,6 +17,7 @@ import (
 
 	"github.com/custodyhq/custody/bundles"
 	"github.com/custodyhq/custody/internal/bundletest"
+	"github.com/custodyhq/custody/internal/natstest"
 	"github.com/custodyhq/custody/pdp"
 )
 
@@ -300,7 +301,7 @@ func TestWatcherRunUnderLoad(t *testing.T) {
 	}
 	for i := 2; i <= 4; i++ {
 		bundletest.WriteFile(t, path, []byte("not a tarball"))
-		eventually(t, func() error {
+		natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 			if st := r.Status(); st.Failures < uint64(i-1) {
 				return fmt.Errorf("status %+v: broken bundle not refused yet", st)
 			}
@@ -308,7 +309,7 @@ func TestWatcherRunUnderLoad(t *testing.T) {
 		})
 		rev := fmt.Sprintf("r%d", i)
 		writeRev(rev)
-		eventually(t, func() error {
+		natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 			if got := engine.Policy().Revision; got != rev {
 				return fmt.Errorf("serving %s, want %s", got, rev)
 			}
@@ -319,21 +320,6 @@ func TestWatcherRunUnderLoad(t *testing.T) {
 	wg.Wait()
 	if st := r.Status(); st.Reloads != 3 || st.Failures != 3 {
 		t.Fatalf("status %+v: want 3 reloads and 3 failures", st)
-	}
-}
-
-func eventually(t *testing.T, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

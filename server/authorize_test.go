@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/custodyhq/custody/bundles"
@@ -24,7 +22,6 @@ import (
 	"github.com/custodyhq/custody/internal/natstest"
 	"github.com/custodyhq/custody/pdp"
 	"github.com/custodyhq/custody/policies"
-	"github.com/custodyhq/custody/receipt"
 	"github.com/custodyhq/custody/server"
 )
 
@@ -356,67 +353,4 @@ func TestAuthorizeOverJetStream(t *testing.T) {
 	if got := msg.Header.Get("Nats-Msg-Id"); got != out["decision_id"] {
 		t.Fatalf("Nats-Msg-Id %q, want decision_id %v", got, out["decision_id"])
 	}
-}
-
-// BenchmarkAuthorizeHTTP measures one request through the HTTP stack, the engine, and a
-// JetStream publish with its ack, over loopback.
-// BenchmarkAuthorizeHTTP sends allowed requests through serve's record path: echo, the engine,
-// a chained JetStream sink with a window of records in flight, and a signed receipt. serial is
-// one request at a time (latency); parallel keeps GOMAXPROCS*4 in flight (throughput).
-func BenchmarkAuthorizeHTTP(b *testing.B) {
-	key, err := receipt.LoadOrCreateKey(b.TempDir() + "/receipt.key")
-	if err != nil {
-		b.Fatal(err)
-	}
-	iss, err := receipt.NewIssuer(key, "bench", 5*time.Minute)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ns := natstest.Start(b)
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		b.Fatal(err)
-	}
-	stream, err := custodyjs.EnsureStream(b.Context(), js, custodyjs.StreamConfig{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	sink := custodyjs.NewSink(js, custodyjs.WithChain(custodyjs.ChainConfig{Instance: "bench", Stream: stream, Window: 256}))
-	hs := httptest.NewServer(server.New(engine(b), sink, decisionlog.NewIntentHasher(testKey), server.WithReceipts(iss)).Handler())
-	b.Cleanup(hs.Close)
-	body := []byte(exampleRequest)
-	post := func(client *http.Client) {
-		resp, err := client.Post(hs.URL+"/v1/authorize", "application/json", bytes.NewReader(body))
-		if err != nil {
-			b.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || resp.Header.Get(server.HeaderReceipt) == "" {
-			b.Fatalf("status %d, receipt %q", resp.StatusCode, resp.Header.Get(server.HeaderReceipt))
-		}
-	}
-	b.Run("serial", func(b *testing.B) {
-		client := hs.Client()
-		b.ReportAllocs()
-		for b.Loop() {
-			post(client)
-		}
-	})
-	b.Run("parallel", func(b *testing.B) {
-		b.SetParallelism(4)
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
-			defer client.CloseIdleConnections()
-			for pb.Next() {
-				post(client)
-			}
-		})
-	})
 }

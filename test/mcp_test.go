@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/custodyhq/custody/decisionlog"
+	"github.com/custodyhq/custody/internal/natstest"
 	"github.com/custodyhq/custody/internal/tokentest"
 )
 
@@ -251,18 +253,18 @@ func exercise(t *testing.T, args []string, natsURL func(*strings.Builder) string
 	url := natsURL(&logs)
 	mu.Unlock()
 	var calls []streamMsg
-	deadline := time.Now().Add(10 * time.Second)
-	for len(calls) < 2 && time.Now().Before(deadline) {
+	natstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		calls = calls[:0]
 		for _, m := range readStream(t, url) {
 			if m.Record.Endpoint == "/v1/authorize" {
 				calls = append(calls, m)
 			}
 		}
-	}
-	if len(calls) != 2 {
-		t.Fatalf("%d /v1/authorize records, want 2", len(calls))
-	}
+		if len(calls) != 2 {
+			return fmt.Errorf("%d /v1/authorize records, want 2", len(calls))
+		}
+		return nil
+	})
 	r, w := calls[0].Record, calls[1].Record
 	if !r.Allow || r.DecisionID != read.Meta["dev.custody/decision_id"] || r.CorrelationID != mcpTraceID || r.Action.Name != "read_file" || r.Action.Properties["server"] != "filesystem" {
 		t.Errorf("read record = %+v, result _meta %v", r, read.Meta)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/custodyhq/custody/internal/app"
 	"github.com/custodyhq/custody/pdp"
 )
 
@@ -61,7 +62,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if dec.More() {
 		return fmt.Errorf("%w: eval: input holds more than one JSON value", errUsage)
 	}
-	set, err := loadPolicySet(policiesPath, loadOpts...)
+	set, err := app.LoadPolicySet(policiesPath, loadOpts...)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/custodyhq/custody/bundles"
+	"github.com/custodyhq/custody/internal/app"
 	"github.com/custodyhq/custody/internal/bundletest"
 	"github.com/custodyhq/custody/policies"
 )
@@ -31,7 +32,7 @@ func TestEval(t *testing.T) {
 	wrongShape := filepath.Join(dir, "native.json")
 	bundletest.WriteFile(t, wrongShape, []byte(`{"user": {"id": "alice@acme.example"}, "tool": {"name": "send_email"}}`))
 
-	embedded, err := bundles.FromFS(policies.FS, embeddedSource)
+	embedded, err := bundles.FromFS(policies.FS, app.EmbeddedSource)
 	if err != nil {
 		t.Fatal(err)
 	}

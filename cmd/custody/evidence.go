@@ -15,6 +15,7 @@ import (
 
 	"github.com/custodyhq/custody/decisionlog/evidence"
 	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
+	"github.com/custodyhq/custody/internal/app"
 )
 
 // runEvidence implements `custody evidence <correlation-id> --out FILE`: it reads the stream
@@ -112,11 +113,11 @@ func runEvidence(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 // dataDirVerifierKey derives the verifier key of the checkpoint key in serve's data dir.
 func dataDirVerifierKey(dataDir string) (string, error) {
-	raw, err := os.ReadFile(filepath.Join(dataDir, signingKeyFile))
+	raw, err := os.ReadFile(filepath.Join(dataDir, app.SigningKeyFile))
 	if err != nil {
 		return "", fmt.Errorf("read the data dir's checkpoint key: %w", err)
 	}
-	return verifierKey(strings.TrimSpace(string(raw)))
+	return app.DeriveVerifierKey(strings.TrimSpace(string(raw)))
 }
 
 // keyTexts expands --pubkey values (@file included) into key strings.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/custodyhq/custody/decisionlog"
 	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
+	"github.com/custodyhq/custody/internal/app"
 )
 
 // runExport implements `custody export`: every message body of the CUSTODY stream (decisions
@@ -153,7 +154,7 @@ func dialNATS(url, creds, name string, extra ...nats.Option) (*nats.Conn, error)
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", app.RedactURL(url), err)
 	}
 	return nc, nil
 }

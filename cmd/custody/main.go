@@ -12,9 +12,12 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/custodyhq/custody/internal/app"
 )
 
-// errUsage marks errors caused by how custody was invoked; they exit with status 2.
+// errUsage marks errors caused by how custody was invoked; they exit with status 2, as do
+// app.ErrConfig errors (a setting the App found it cannot use).
 var errUsage = errors.New("usage")
 
 func main() {
@@ -29,7 +32,7 @@ func exitCode(err error, stderr io.Writer) int {
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
-	case errors.Is(err, errUsage):
+	case errors.Is(err, errUsage), errors.Is(err, app.ErrConfig):
 		fmt.Fprintln(stderr, "custody:", err)
 		return 2
 	default:

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -14,12 +13,12 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/rs/zerolog"
 
+	"github.com/custodyhq/custody/internal/app"
 	"github.com/custodyhq/custody/mcpgw"
 )
 
@@ -100,7 +99,7 @@ func (c *mcpConfig) Validate() error {
 		return errors.New("--approval-ttl must be positive")
 	}
 	if c.pdpURL == "" {
-		if c.serve.auth.tlsCert != "" {
+		if c.serve.Auth.TLSCert != "" {
 			return errors.New("--tls-cert is not for the in-process PDP, which listens on loopback only")
 		}
 		return c.serve.Validate()
@@ -145,7 +144,7 @@ func runMCP(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) e
 	fs.Lookup("log-level").DefValue = "warn"
 	// The in-process PDP is a serve of its own: beside a `custody serve` in the same directory
 	// it must not take serve's data dir (it could not: serve holds its lock).
-	cfg.serve.dataDir = DefaultMCPDataDir
+	cfg.serve.DataDir = DefaultMCPDataDir
 	fs.Lookup("data-dir").DefValue = DefaultMCPDataDir
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -153,7 +152,7 @@ func runMCP(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) e
 	addrSet := false
 	fs.Visit(func(f *flag.Flag) { addrSet = addrSet || f.Name == "addr" })
 	if !addrSet {
-		cfg.serve.addr = "127.0.0.1:0"
+		cfg.serve.Addr = "127.0.0.1:0"
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
@@ -177,16 +176,15 @@ func runMCP(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) e
 		}
 		auth.APIKey = strings.TrimSpace(string(raw))
 	}
-	var serveDone chan error
 	if cfg.pdpURL == "" {
-		url, done, err := startInProcessPDP(ctx, cfg.serve, logger, stderr)
+		pdp, done, err := startInProcessPDP(ctx, cfg.serve.Config, logger)
 		if err != nil {
 			return err
 		}
-		auth.BaseURL, serveDone = url, done
+		auth.BaseURL = pdp.URL()
 		defer func() {
 			cancel()
-			if err := <-serveDone; err != nil {
+			if err := <-done; err != nil {
 				logger.Error().Err(err).Msg("in-process PDP")
 			}
 		}()
@@ -249,58 +247,24 @@ func runMCP(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) e
 	return err
 }
 
-// startInProcessPDP runs serve's own code path on a loopback port and returns its base URL once
-// it logged that it is serving, and a channel that yields serve's result after ctx ends.
-func startInProcessPDP(ctx context.Context, cfg serveConfig, _ zerolog.Logger, stderr io.Writer) (string, chan error, error) {
-	pr, pw := io.Pipe()
-	// serve logs JSON; its line "custody serving" names the bound address. Lines at or above
-	// --log-level are passed on to stderr.
-	slog, err := newLogger(pw, cfg.logLevel, "json")
+// startInProcessPDP builds serve's App on a loopback port and runs it until ctx ends. It returns
+// the App, whose address is known once New returns (no log line is read for it), and a channel
+// that yields the result of Run and Close after ctx ends. The App logs through the gateway's
+// logger, so --log-level and --log-format apply to it as to the gateway.
+func startInProcessPDP(ctx context.Context, cfg app.Config, logger zerolog.Logger) (*app.App, <-chan error, error) {
+	a, err := app.New(ctx, cfg, app.WithLogger(logger), app.WithVersion(version()))
 	if err != nil {
-		return "", nil, err
+		return nil, nil, fmt.Errorf("mcp: in-process PDP: %w", err)
 	}
-	if slog.GetLevel() > zerolog.InfoLevel {
-		slog = slog.Level(zerolog.InfoLevel) // the serving line is at info; filtered below
-	}
-	quiet, _ := zerolog.ParseLevel(cfg.logLevel)
-	addr := make(chan string, 1)
-	var once sync.Once
-	go func() {
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			var line struct {
-				Level   string `json:"level"`
-				Message string `json:"message"`
-				Addr    string `json:"http_addr"`
-			}
-			_ = json.Unmarshal(sc.Bytes(), &line)
-			if line.Message == "custody serving" && line.Addr != "" {
-				once.Do(func() { addr <- line.Addr })
-			}
-			if lvl, err := zerolog.ParseLevel(line.Level); err == nil && lvl >= quiet {
-				fmt.Fprintln(stderr, sc.Text())
-			}
-		}
-		_, _ = io.Copy(io.Discard, pr) // never block serve's logging
-	}()
 	done := make(chan error, 1)
 	go func() {
-		err := serve(ctx, cfg, slog)
-		pw.Close()
+		err := a.Run(ctx)
+		if cerr := a.Close(context.WithoutCancel(ctx)); err == nil {
+			err = cerr
+		}
 		done <- err
 	}()
-	select {
-	case a := <-addr:
-		return "http://" + a, done, nil
-	case err := <-done:
-		if err == nil {
-			err = errors.New("stopped before serving")
-		}
-		return "", nil, fmt.Errorf("mcp: in-process PDP: %w", err)
-	case <-time.After(60 * time.Second):
-		return "", nil, errors.New("mcp: in-process PDP did not start within 60s")
-	}
+	return a, done, nil
 }
 
 // tokenActor reads, without verifying, the act.sub claim of a JWT: the agent it names. The PDP

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -21,30 +21,22 @@ import (
 	custodyhttp "github.com/custodyhq/custody/server"
 )
 
-// Record modes: how a decision becomes durable before its answer.
-const (
-	// recordSpool: fsynced to a local spool (group commit), then forwarded to JetStream in order.
-	recordSpool = "spool"
-	// recordAck: published to JetStream, answered once JetStream acked it.
-	recordAck = "ack"
-	// recordAuto: spool for an external NATS (it rides out outages), ack for the embedded server
-	// (it is already a local disk store, so a spool would only write everything twice).
-	recordAuto = "auto"
-)
-
 // recorder is the decision log as serve wires it.
 type recorder struct {
 	mode      string
 	publisher decisionlog.Publisher
 	ready     func(context.Context) error
-	close     func(ctx context.Context) error
-	spool     *spool.Spool
+	// start runs the recorder's goroutines (the stream probe, the spool's forwarder); close
+	// stops them and waits, and also works when start was never called.
+	start func()
+	close func(ctx context.Context) error
+	spool *spool.Spool
 	// chainSeq and checkpointSeq give the chain head and the last checkpoint, for metrics.
 	chainSeq, checkpointSeq func() uint64
 }
 
 type recorderDeps struct {
-	cfg      serveConfig
+	cfg      Config
 	logger   zerolog.Logger
 	js       jetstream.JetStream
 	stream   jetstream.Stream
@@ -72,13 +64,13 @@ func ackWindow(embedded bool) int {
 
 // recordModeFor resolves --record-mode: auto is ack with the embedded server, spool otherwise.
 func recordModeFor(mode string, embedded bool) string {
-	if mode != recordAuto {
+	if mode != RecordAuto {
 		return mode
 	}
 	if embedded {
-		return recordAck
+		return RecordAck
 	}
-	return recordSpool
+	return RecordSpool
 }
 
 // probeEvery is how often the stream's writability is read for /readyz; probeStale is how old
@@ -125,9 +117,9 @@ func (p *streamProbe) state() (okAt time.Time, err error) {
 	defer p.mu.Unlock()
 	switch {
 	case p.at.IsZero():
-		return p.okAt, errors.New("serve: stream not probed yet")
+		return p.okAt, errors.New("app: stream not probed yet")
 	case time.Since(p.at) > probeStale:
-		return p.okAt, fmt.Errorf("serve: stream probe stale since %s", p.at.Format(time.RFC3339))
+		return p.okAt, fmt.Errorf("app: stream probe stale since %s", p.at.Format(time.RFC3339))
 	}
 	return p.okAt, p.err
 }
@@ -145,7 +137,7 @@ func ackReady(nc *nats.Conn, probe *streamProbe, sink *custodyjs.Sink) error {
 	}
 	ok, failed, ferr := sink.LastOutcome()
 	if failed.After(ok) && failed.After(okAt) {
-		return fmt.Errorf("serve: the last decision record was refused: %w", ferr)
+		return fmt.Errorf("app: the last decision record was refused: %w", ferr)
 	}
 	return nil
 }
@@ -155,13 +147,13 @@ func ackReady(nc *nats.Conn, probe *streamProbe, sink *custodyjs.Sink) error {
 // the chain head after them. A spool it cannot drain within the timeout makes ack mode refuse
 // to start rather than drop them.
 func drainSpool(ctx context.Context, d recorderDeps, sink *custodyjs.Sink, log zerolog.Logger) (decisionlog.ChainHead, error) {
-	dir := filepath.Join(d.cfg.dataDir, "spool")
+	dir := filepath.Join(d.cfg.DataDir, "spool")
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return d.head, nil
 	}
-	sp, err := spool.Open(spool.Config{Dir: dir, MaxBytes: d.cfg.spoolMaxBytes, Instance: d.instance, Head: d.head, Permanent: custodyjs.Permanent}, d.logger)
+	sp, err := spool.Open(spool.Config{Dir: dir, MaxBytes: d.cfg.SpoolMaxBytes, Instance: d.instance, Head: d.head, Permanent: custodyjs.Permanent}, d.logger)
 	if err != nil {
-		return d.head, fmt.Errorf("serve: ack mode: %w", err)
+		return d.head, fmt.Errorf("app: ack mode: %w", err)
 	}
 	records, _ := sp.Stats()
 	if records == 0 {
@@ -181,11 +173,11 @@ func drainSpool(ctx context.Context, d recorderDeps, sink *custodyjs.Sink, log z
 	stop()
 	<-done
 	if cerr != nil {
-		return d.head, fmt.Errorf("serve: ack mode: %w; run --record-mode spool until it is forwarded", cerr)
+		return d.head, fmt.Errorf("app: ack mode: %w; run --record-mode spool until it is forwarded", cerr)
 	}
 	head := sp.Head()
 	if err := checkpoint(ctx, head); err != nil {
-		return d.head, fmt.Errorf("serve: ack mode: checkpoint after the spool: %w", err)
+		return d.head, fmt.Errorf("app: ack mode: checkpoint after the spool: %w", err)
 	}
 	log.Info().Uint64("records", records).Uint64("seq", head.Seq).Msg("spool forwarded")
 	return head, nil
@@ -195,50 +187,57 @@ func drainSpool(ctx context.Context, d recorderDeps, sink *custodyjs.Sink, log z
 const drainTimeout = time.Minute
 
 func newRecorder(d recorderDeps) (*recorder, error) {
-	mode := recordModeFor(d.cfg.recordMode, d.embedded)
+	mode := recordModeFor(d.cfg.RecordMode, d.embedded)
 	log := d.logger.With().Str("component", "serve").Logger()
 	maxPayload := custodyjs.WithMaxPayload(d.nc.MaxPayload())
-	probe := &streamProbe{}
-	probeCtx, stopProbe := context.WithCancel(context.Background())
 	switch mode {
-	case recordAck:
-		plain := custodyjs.NewSink(d.js, append(d.evidence, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload)...)
+	case RecordAck:
+		plain := custodyjs.NewSink(d.js, append(d.evidence, custodyjs.WithPublishTimeout(d.cfg.PublishTimeout), custodyjs.WithLogger(d.logger), maxPayload)...)
 		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 		head, err := drainSpool(dctx, d, plain, log)
 		cancel()
 		if err != nil {
-			stopProbe()
 			return nil, err
 		}
 		d.head = head
-		go probe.run(probeCtx, d.stream)
-		sink := custodyjs.NewSink(d.js, append(d.evidence, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload,
+		probe := &streamProbe{}
+		probeCtx, stopProbe := context.WithCancel(context.Background())
+		probed := make(chan struct{})
+		sink := custodyjs.NewSink(d.js, append(d.evidence, custodyjs.WithPublishTimeout(d.cfg.PublishTimeout), custodyjs.WithLogger(d.logger), maxPayload,
 			custodyjs.WithChain(custodyjs.ChainConfig{
 				Instance:           d.instance,
 				Head:               d.head,
 				Signer:             d.signer,
-				CheckpointEvery:    d.cfg.checkpointEvery,
-				CheckpointInterval: d.cfg.checkpointInterval,
+				CheckpointEvery:    d.cfg.CheckpointEvery,
+				CheckpointInterval: d.cfg.CheckpointInterval,
 				Stream:             d.stream,
 				Window:             ackWindow(d.embedded),
 			}))...)
+		var started sync.Once
 		return &recorder{
 			mode:      mode,
 			publisher: sink,
 			ready:     func(context.Context) error { return ackReady(d.nc, probe, sink) },
+			start: func() {
+				started.Do(func() {
+					go func() { defer close(probed); probe.run(probeCtx, d.stream) }()
+				})
+			},
 			close: func(ctx context.Context) error {
 				stopProbe()
+				started.Do(func() { close(probed) }) // never started: nothing to wait for
+				<-probed
 				return sink.Close(ctx)
 			},
 			chainSeq:      sink.HeadSeq,
 			checkpointSeq: sink.CheckpointedSeq,
 		}, nil
-	case recordSpool:
-		stopProbe() // spool mode answers from local disk: the stream's state is not readiness
-		sink := custodyjs.NewSink(d.js, append(d.evidence, custodyjs.WithPublishTimeout(d.cfg.publishTimeout), custodyjs.WithLogger(d.logger), maxPayload)...)
+	case RecordSpool:
+		// Spool mode answers from local disk: the stream's state is not readiness, so no probe.
+		sink := custodyjs.NewSink(d.js, append(d.evidence, custodyjs.WithPublishTimeout(d.cfg.PublishTimeout), custodyjs.WithLogger(d.logger), maxPayload)...)
 		sp, err := spool.Open(spool.Config{
-			Dir:      filepath.Join(d.cfg.dataDir, "spool"),
-			MaxBytes: d.cfg.spoolMaxBytes,
+			Dir:      filepath.Join(d.cfg.DataDir, "spool"),
+			MaxBytes: d.cfg.SpoolMaxBytes,
 			Instance: d.instance,
 			Head:     d.head,
 			Check:    sink.CheckSealed,
@@ -246,21 +245,14 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 			Permanent: custodyjs.Permanent,
 		}, d.logger)
 		if err != nil {
-			stopProbe()
-			return nil, fmt.Errorf("serve: %w", err)
+			return nil, fmt.Errorf("app: %w", err)
 		}
 		checkpoint := func(ctx context.Context, head decisionlog.ChainHead) error {
 			return sink.PublishCheckpoint(ctx, d.instance, head, d.signer)
 		}
 		fwdCtx, stopForward := context.WithCancel(context.Background())
 		forwarded := make(chan struct{})
-		go func() {
-			defer close(forwarded)
-			err := sp.Forward(fwdCtx, sink, checkpoint, d.cfg.checkpointEvery, d.cfg.checkpointInterval)
-			if err != nil && !errors.Is(err, context.Canceled) {
-				log.Error().Err(err).Msg("spool forwarder stopped")
-			}
-		}()
+		var started sync.Once
 		records, bytes := sp.Stats()
 		log.Info().Uint64("records", records).Int64("bytes", bytes).Msg("spool opened; forwarding to JetStream")
 		return &recorder{
@@ -273,15 +265,35 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 				if err := sp.Err(); err != nil {
 					return err
 				}
-				if _, b := sp.Stats(); b >= d.cfg.spoolMaxBytes {
+				if _, b := sp.Stats(); b >= d.cfg.SpoolMaxBytes {
 					return spool.ErrFull
 				}
 				if n := sp.Rejected(); n > 0 {
-					return custodyhttp.Degraded(fmt.Errorf("serve: %d records refused by JetStream for good, kept in %s", n, filepath.Join(d.cfg.dataDir, "spool", "rejected")))
+					return custodyhttp.Degraded(fmt.Errorf("app: %d records refused by JetStream for good, kept in %s", n, filepath.Join(d.cfg.DataDir, "spool", "rejected")))
 				}
 				return nil
 			},
+			start: func() {
+				started.Do(func() {
+					go func() {
+						defer close(forwarded)
+						err := sp.Forward(fwdCtx, sink, checkpoint, d.cfg.CheckpointEvery, d.cfg.CheckpointInterval)
+						if err != nil && !errors.Is(err, context.Canceled) {
+							log.Error().Err(err).Msg("spool forwarder stopped")
+						}
+					}()
+				})
+			},
 			close: func(ctx context.Context) error {
+				ran := true
+				started.Do(func() { ran = false; close(forwarded) })
+				if !ran {
+					// Without a forwarder nothing drains: what the spool holds stays on disk for
+					// the next start, and waiting for it would only wait out ctx.
+					dead, cancel := context.WithCancel(ctx)
+					cancel()
+					ctx = dead
+				}
 				err := sp.Close(ctx) // waits for the forwarder to drain, until ctx ends
 				stopForward()
 				<-forwarded
@@ -289,8 +301,7 @@ func newRecorder(d recorderDeps) (*recorder, error) {
 			},
 		}, nil
 	default:
-		stopProbe()
-		return nil, fmt.Errorf("%w: --record-mode %q: want auto, spool or ack", errUsage, d.cfg.recordMode)
+		return nil, configErrorf("--record-mode %q: want auto, spool or ack", d.cfg.RecordMode)
 	}
 }
 

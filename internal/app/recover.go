@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -17,11 +17,11 @@ import (
 func recoverChain(ctx context.Context, stream custodyjs.RecoverStream, instance, vkey string, log zerolog.Logger) (decisionlog.ChainHead, *decisionlog.Tree, error) {
 	verifiers, err := decisionlog.NewVerifiers(vkey)
 	if err != nil {
-		return decisionlog.ChainHead{}, nil, fmt.Errorf("serve: recover chain: %w", err)
+		return decisionlog.ChainHead{}, nil, fmt.Errorf("app: recover chain: %w", err)
 	}
 	rec, err := custodyjs.RecoverHead(ctx, stream, instance, verifiers)
 	if err != nil {
-		return decisionlog.ChainHead{}, nil, fmt.Errorf("serve: %w", err)
+		return decisionlog.ChainHead{}, nil, fmt.Errorf("app: %w", err)
 	}
 	if rec.Tree == nil {
 		log.Warn().Str("why", rec.TreeNote).Msg("checkpoints will sign the chain head only, not a Merkle root: evidence extracts need a Merkle checkpoint")

@@ -32,13 +32,17 @@ func TestPolicySourceValidate(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			var cfg policySourceConfig
+			var cfg serveConfig
 			fs := newFlagSet("test", &strings.Builder{})
 			cfg.flags(fs)
-			if err := fs.Parse(tc.args); err != nil {
+			args := tc.args
+			if tc.policies != "" {
+				args = append(args, "--policies", tc.policies)
+			}
+			if err := fs.Parse(args); err != nil {
 				t.Fatal(err)
 			}
-			err := cfg.Validate(tc.policies)
+			err := cfg.Validate()
 			if (err == nil) != (tc.errText == "") || (err != nil && !strings.Contains(err.Error(), tc.errText)) {
 				t.Fatalf("Validate: %v, want error containing %q", err, tc.errText)
 			}

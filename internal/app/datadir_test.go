@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"bufio"
@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
 )
 
 // holdLockEnv makes the test binary, run as a child by TestDataDirLockChild, hold the lock of
@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 		fmt.Println("locked")
 		select {} // until killed
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // TestDataDirLock: a second hold on a held data dir fails at once, naming the holder's PID, and
@@ -81,7 +81,7 @@ func TestDataDirLockChild(t *testing.T) {
 	l.release()
 }
 
-// TestServeLocksFirst: serve on a held data dir fails before it writes anything there.
+// TestServeLocksFirst: New on a held data dir fails before it writes anything there.
 func TestServeLocksFirst(t *testing.T) {
 	dir := t.TempDir()
 	held, err := lockDataDir(dir)
@@ -89,15 +89,11 @@ func TestServeLocksFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.release()
-	var cfg serveConfig
-	fs := newFlagSet("serve", &strings.Builder{})
-	cfg.flags(fs)
-	if err := fs.Parse([]string{"--data-dir", dir, "--addr", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0"}); err != nil {
-		t.Fatal(err)
-	}
-	err = serve(t.Context(), cfg, zerolog.Nop())
-	if !errors.Is(err, errDataDirInUse) || !strings.HasPrefix(err.Error(), "serve: data dir in use: ") {
-		t.Fatalf("serve: %v; want the data dir in use", err)
+	cfg := DefaultConfig()
+	cfg.DataDir, cfg.Addr, cfg.NATSListen = dir, "127.0.0.1:0", "127.0.0.1:0"
+	_, err = New(t.Context(), cfg)
+	if !errors.Is(err, errDataDirInUse) || !strings.HasPrefix(err.Error(), "app: data dir in use: ") {
+		t.Fatalf("New: %v; want the data dir in use", err)
 	}
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 || entries[0].Name() != lockFile {

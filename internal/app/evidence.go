@@ -1,9 +1,8 @@
-package main
+package app
 
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,25 +15,24 @@ import (
 	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
 )
 
-// evidenceConfig holds serve's settings for evidence: where checkpoints are witnessed.
-type evidenceConfig struct {
-	witnesses stringList
-}
-
-func (c *evidenceConfig) flags(fs *flag.FlagSet) {
-	fs.Var(&c.witnesses, "checkpoint-witness", "also append each checkpoint to `file:PATH` (a file of JSON lines, or a directory of one file per checkpoint) kept where the stream's operator cannot rewrite it; repeatable; custody verify --witness reads it")
+// EvidenceConfig holds the App's settings for evidence: where checkpoints are witnessed.
+type EvidenceConfig struct {
+	// Witnesses are file:PATH destinations (`serve --checkpoint-witness`): a file of JSON lines,
+	// or a directory of one file per checkpoint, kept where the stream's operator cannot
+	// rewrite it.
+	Witnesses []string
 }
 
 // sinkOptions are the sink options evidence needs: the Merkle tree recovery rebuilt (nil: the
 // checkpoints sign the chain head only) and the witnesses. The slice is clipped, so that each
 // sink appending its own options gets a fresh array.
-func (c *evidenceConfig) sinkOptions(tree *decisionlog.Tree, log zerolog.Logger) []custodyjs.Option {
+func (c *EvidenceConfig) sinkOptions(tree *decisionlog.Tree, log zerolog.Logger) []custodyjs.Option {
 	var opts []custodyjs.Option
 	if tree != nil {
 		opts = append(opts, custodyjs.WithTree(tree))
 	}
 	var ws []fileWitness
-	for _, w := range c.witnesses {
+	for _, w := range c.Witnesses {
 		ws = append(ws, fileWitness{path: strings.TrimPrefix(w, "file:")})
 	}
 	if len(ws) > 0 {
@@ -51,12 +49,12 @@ func (c *evidenceConfig) sinkOptions(tree *decisionlog.Tree, log zerolog.Logger)
 	return slices.Clip(opts)
 }
 
-// Validate checks the evidence flags before serve starts.
-func (c *evidenceConfig) Validate() error {
-	for _, w := range c.witnesses {
+// Validate checks the evidence settings before anything starts.
+func (c *EvidenceConfig) Validate() error {
+	for _, w := range c.Witnesses {
 		path, ok := strings.CutPrefix(w, "file:")
 		if !ok || path == "" {
-			return fmt.Errorf("%w: --checkpoint-witness %q: want file:PATH", errUsage, w)
+			return configErrorf("--checkpoint-witness %q: want file:PATH", w)
 		}
 	}
 	return nil
