@@ -81,6 +81,7 @@ type Forwarder struct {
 
 	mu     sync.Mutex
 	cursor uint64
+	end    uint64 // the stream's last sequence as last seen
 	health health
 }
 
@@ -262,7 +263,7 @@ func (f *Forwarder) fetch(cons jetstream.Consumer) ([]Msg, error) {
 		return nil, fmt.Errorf("forward: fetch: %w", err)
 	}
 	if len(out) > 0 {
-		f.setLag(pending)
+		f.setEnd(last + pending)
 	}
 	return out, nil
 }
@@ -274,16 +275,26 @@ func (f *Forwarder) refreshLag(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	if cur := f.Cursor(); info.State.LastSeq >= cur {
-		f.setLag(info.State.LastSeq - cur)
-	}
+	f.setEnd(info.State.LastSeq)
 }
 
-func (f *Forwarder) setLag(n uint64) {
-	f.lag.Set(float64(n))
+// setEnd notes the stream's last sequence as last seen; the lag is what lies between the
+// cursor and it.
+func (f *Forwarder) setEnd(end uint64) {
 	f.mu.Lock()
-	f.health.Lag = n
+	f.end = max(f.end, end)
+	f.updateLag()
 	f.mu.Unlock()
+}
+
+// updateLag is called with f.mu held.
+func (f *Forwarder) updateLag() {
+	var n uint64
+	if f.end > f.cursor {
+		n = f.end - f.cursor
+	}
+	f.health.Lag = n
+	f.lag.Set(float64(n))
 }
 
 // deliver formats msgs and delivers them, retrying until the receiver takes them or ctx ends,
@@ -349,6 +360,7 @@ func (f *Forwarder) attempt(ctx context.Context, batch []Item) error {
 			}
 		}
 		f.failures.WithLabelValues(kind).Inc()
+		f.refreshLag(ctx) // the lag grows while the receiver is down: say so
 		f.mu.Lock()
 		f.health.Status, f.health.Failures, f.health.LastError = status, n, err.Error()
 		f.mu.Unlock()
@@ -386,7 +398,8 @@ func (f *Forwarder) advance(batch []Item) error {
 	now := time.Now()
 	f.mu.Lock()
 	f.cursor = last
-	f.health = health{Status: "ok", Cursor: last, Lag: f.health.Lag, LastOK: now}
+	f.health = health{Status: "ok", Cursor: last, LastOK: now}
+	f.updateLag()
 	f.mu.Unlock()
 	f.delivered.WithLabelValues().Add(float64(len(batch)))
 	f.batches.WithLabelValues().Inc()
