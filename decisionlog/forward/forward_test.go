@@ -157,6 +157,9 @@ type env struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
 	n      int
+	// timeout is the per-request timeout. A receiver that stores a batch and answers after it
+	// gets the batch again (at least once), so it is long enough for a loaded CI machine.
+	timeout time.Duration
 }
 
 func newEnv(t testing.TB) *env {
@@ -170,7 +173,7 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, js: js, stream: st}
+	return &env{t: t, js: js, stream: st, timeout: time.Second}
 }
 
 // publish adds n sealed decision records, as custody publishes them.
@@ -210,7 +213,7 @@ func (e *env) run(sink forward.Sink, cursor string, batch int) (f *forward.Forwa
 	e.t.Helper()
 	f, err := forward.New(forward.Config{
 		Stream: e.stream, Sink: sink, Format: ocsfFormat, CursorFile: cursor, Batch: batch,
-		MaxWait: 100 * time.Millisecond, Timeout: 300 * time.Millisecond,
+		MaxWait: 100 * time.Millisecond, Timeout: e.timeout,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: zerolog.Nop(),
 	})
 	if err != nil {
@@ -481,6 +484,7 @@ func TestThroughput(t *testing.T) {
 	e := newEnv(t)
 	const n = 5000
 	e.publish(n)
+	e.timeout = 10 * time.Second
 	rcv := newReceiver(t)
 	start := time.Now()
 	f, stop := e.run(&forward.HTTPSink{URL: rcv.url(), Client: &http.Client{}}, filepath.Join(t.TempDir(), "cursor"), 500)
