@@ -277,14 +277,14 @@ func get(t testing.TB, h http.Handler, path string) (int, string) {
 	return rec.Code, rec.Body.String()
 }
 
-// TestReceiverFaults runs the forwarder against a receiver that answers 503, 400 and 413, hangs
+// TestReceiverFaults runs the forwarder against a receiver that answers 503, 400 (six times) and 413, hangs
 // past the per-request timeout, and goes away and comes back on the same address: every record
 // arrives, in order, with no duplicates (no crash happened), while /healthz and the lag metric
 // tell the truth along the way.
 func TestReceiverFaults(t *testing.T) {
 	e := newEnv(t)
 	e.publish(120)
-	rcv := newReceiver(t, fail503, reject400, reject400, tooLarge, hang, fail503)
+	rcv := newReceiver(t, fail503, reject400, reject400, reject400, reject400, reject400, reject400, tooLarge, hang, fail503)
 	f, stop := e.run(&forward.HTTPSink{URL: rcv.url(), Client: &http.Client{}}, filepath.Join(t.TempDir(), "cursor"), 40)
 
 	// While the 4xx answers come, the forwarder is unhealthy and holds its place.
@@ -330,7 +330,7 @@ func TestReceiverFaults(t *testing.T) {
 		t.Errorf("receiver saw: %v", rcv.bad)
 	}
 	_, m := get(t, f.Handler(), "/metrics")
-	for _, want := range []string{`custody_forward_delivered_total 180`, `custody_forward_delivery_failures_total{kind="rejected"} 3`, `custody_forward_lag_records 0`} {
+	for _, want := range []string{`custody_forward_delivered_total 180`, `custody_forward_delivery_failures_total{kind="rejected"} 6`, `custody_forward_lag_records 0`} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %q:\n%s", want, grep(m, "custody_forward"))
 		}
