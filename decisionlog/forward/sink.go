@@ -41,11 +41,11 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("receiver answered %d: %s", e.Code, e.Body)
 }
 
-// Rejected reports a 4xx other than 408 and 429: the receiver refuses this request as it is,
+// Rejected reports a 4xx other than 408, 413 (the batch is split) and 429: the receiver refuses this request as it is,
 // which a plain retry does not mend (a wrong token, a malformed event). The forwarder still
 // never drops the batch: it retries at the capped backoff and reports itself unhealthy.
 func (e *StatusError) Rejected() bool {
-	return e.Code >= 400 && e.Code < 500 && e.Code != http.StatusRequestTimeout && e.Code != http.StatusTooManyRequests
+	return e.Code >= 400 && e.Code < 500 && e.Code != http.StatusRequestTimeout && e.Code != http.StatusTooManyRequests && e.Code != http.StatusRequestEntityTooLarge
 }
 
 // HTTPSink POSTs each batch as one request: newline-delimited JSON events
