@@ -16,6 +16,7 @@ import (
 
 	"github.com/custodyhq/custody/decisionlog"
 	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
+	"github.com/custodyhq/custody/decisionlog/ocsf"
 	"github.com/custodyhq/custody/internal/app"
 )
 
@@ -31,8 +32,13 @@ func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&since, "since", "", "start at this `time`: a duration ago such as 24h, or an RFC 3339 time (default: the first message)")
 	fs.StringVar(&corr, "correlation-id", "", "only the decision records of this correlation `id` (such an export cannot be chain-verified)")
 	fs.StringVar(&out, "out", "", "write to this `file` instead of standard output")
+	var format string
+	fs.StringVar(&format, "format", "json", "`format` of each line: json (the message as published, what custody verify --file reads) or ocsf (an OCSF event)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if format != "json" && format != "ocsf" {
+		return fmt.Errorf("%w: --format %q: want json or ocsf", errUsage, format)
 	}
 	var err error
 	if creds, err = readerCreds(fs, creds, dataDir); err != nil {
@@ -68,6 +74,15 @@ func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	bw := bufio.NewWriter(w)
 	n := 0
 	st, err := readStream(ctx, js, filter, start, func(m *custodyjs.Msg) error {
+		if format == "ocsf" {
+			line, err := ocsf.MapJSON(ocsf.Msg{Seq: m.Seq, Subject: m.Subject, MsgID: m.Header.Get(decisionlog.HeaderMsgID), Data: m.Data})
+			if err != nil {
+				return err
+			}
+			n++
+			_, err = bw.Write(append(line, '\n'))
+			return err
+		}
 		if bytes.ContainsAny(m.Data, "\r\n") {
 			return fmt.Errorf("message %d on %s holds a line break, which an export file cannot: verify the live stream instead (custody verify --nats-url)", m.Seq, m.Subject)
 		}

@@ -49,7 +49,8 @@ commands:
   serve    run the PDP: HTTP API, embedded NATS JetStream, default policies
   tail     follow the decision stream
   eval     evaluate one policy input offline, for policy authors
-  export   write the decision stream to a file, one message per line
+  export   write the decision stream to a file, one message per line (--format json or ocsf)
+  forward  deliver the decision stream to a SIEM (HTTP NDJSON, Splunk HEC, files), at least once, in order
   verify   check the stream's hash chains and signed checkpoints; non-zero exit on any break
   trace    'custody trace CORRELATION-ID': the workflow graph of one human request
   evidence 'custody evidence CORRELATION-ID --out FILE': a provable extract; 'custody verify --evidence FILE' checks it offline
@@ -78,6 +79,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runEval(ctx, rest, stdout, stderr)
 	case "export":
 		return runExport(ctx, rest, stdout, stderr)
+	case "forward":
+		return runForward(ctx, rest, stdout, stderr)
 	case "verify":
 		return runVerify(ctx, rest, stdout, stderr)
 	case "trace":
