@@ -45,12 +45,14 @@ func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) err
 func runBundlePush(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bundle push", stderr)
 	var (
-		natsURL, creds, decision string
-		cfg                      natsobj.Config
-		verify                   verifyFlags
+		natsURL, decision string
+		cfg               natsobj.Config
+		verify            verifyFlags
 	)
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
-	fs.StringVar(&creds, "nats-creds", "", "NATS credentials file")
+	var creds natsAuth
+	fs.StringVar(&creds.file, "nats-creds", "", "NATS credentials file")
+	natsTLSFlags(fs, &creds)
 	fs.StringVar(&cfg.Bucket, "bucket", natsobj.DefaultBucket, "Object Store bucket, as serve --bundle-bucket (created if missing)")
 	fs.StringVar(&cfg.Object, "name", natsobj.DefaultObject, "object name of the bundle, as serve --bundle-object")
 	fs.IntVar(&cfg.Replicas, "replicas", natsobj.DefaultReplicas, "replicas of the bucket, if it has to be created")

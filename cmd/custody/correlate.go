@@ -28,16 +28,17 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 func runCorrelate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("correlate", stderr)
 	var (
-		natsURL, creds string
-		logs           listFlag
-		asJSON         bool
-		ttl            time.Duration
-		f              = trace.DefaultFields
+		natsURL string
+		logs    listFlag
+		asJSON  bool
+		ttl     time.Duration
+		f       = trace.DefaultFields
 	)
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
-	fs.StringVar(&creds, "nats-creds", "", "NATS credentials file")
+	var creds natsAuth
+	fs.StringVar(&creds.file, "nats-creds", "", "NATS credentials file")
 	var dataDir string
-	readerCredsFlags(fs, &dataDir)
+	readerCredsFlags(fs, &dataDir, &creds)
 	fs.Var(&logs, "system-log", "a downstream system's JSON-lines log (`file`); repeat for several")
 	fs.BoolVar(&asJSON, "json", false, "print {\"lines\": [...], \"summary\": {...}}")
 	fs.DurationVar(&ttl, "receipt-ttl", receipt.DefaultTTL, "how long a decision explains an action (serve's --receipt-ttl)")

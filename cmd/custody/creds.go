@@ -12,16 +12,35 @@ import (
 	"github.com/custodyhq/custody/internal/natsauth"
 )
 
-// readerCredsFlags registers --data-dir on a command that reads the stream: with no --nats-creds,
-// the command uses the reader credential that serve wrote into that data dir.
-func readerCredsFlags(fs *flag.FlagSet, dataDir *string) {
+// natsAuth is how a command authenticates to NATS: a credentials file (--nats-creds) and TLS
+// (--nats-ca, --nats-cert, --nats-key).
+type natsAuth struct{ file, ca, cert, key string }
+
+// natsTLSFlags registers the TLS flags of a command that talks to NATS.
+func natsTLSFlags(fs *flag.FlagSet, a *natsAuth) {
+	fs.StringVar(&a.ca, "nats-ca", "", "PEM `file` of the CA that signed the NATS servers' certificates (default: the system's)")
+	fs.StringVar(&a.cert, "nats-cert", "", "PEM client certificate `file` for NATS servers that require one (with --nats-key)")
+	fs.StringVar(&a.key, "nats-key", "", "PEM private key `file` of --nats-cert")
+}
+
+// readerCredsFlags registers --data-dir and the TLS flags on a command that reads the stream:
+// with no --nats-creds, the command uses the reader credential that serve wrote into that data
+// dir.
+func readerCredsFlags(fs *flag.FlagSet, dataDir *string, a *natsAuth) {
 	fs.StringVar(dataDir, "data-dir", DefaultDataDir, "serve's data dir, whose nats/reader.creds is used when --nats-creds is not given")
+	natsTLSFlags(fs, a)
 }
 
 // readerCreds picks the credentials file of a reading command: --nats-creds when given, else
 // DATA/nats/reader.creds when it exists, else none (an external NATS without authentication). A
 // --data-dir named explicitly must hold the credential.
-func readerCreds(fs *flag.FlagSet, creds, dataDir string) (string, error) {
+func readerCreds(fs *flag.FlagSet, a natsAuth, dataDir string) (natsAuth, error) {
+	file, err := readerCredsFile(fs, a.file, dataDir)
+	a.file = file
+	return a, err
+}
+
+func readerCredsFile(fs *flag.FlagSet, creds, dataDir string) (string, error) {
 	if creds != "" {
 		return creds, nil
 	}

@@ -24,13 +24,14 @@ import (
 func runEvidence(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("evidence", stderr)
 	var (
-		natsURL, creds, out string
-		pubkeys             stringList
+		natsURL, out string
+		pubkeys      stringList
 	)
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url` whose CUSTODY stream to read")
-	fs.StringVar(&creds, "nats-creds", "", "NATS credentials `file`")
+	var creds natsAuth
+	fs.StringVar(&creds.file, "nats-creds", "", "NATS credentials `file`")
 	var dataDir string
-	readerCredsFlags(fs, &dataDir)
+	readerCredsFlags(fs, &dataDir, &creds)
 	fs.StringVar(&out, "out", "", "write the extract to this `file` (- for standard output)")
 	fs.Var(&pubkeys, "pubkey", "checkpoint verifier `key`, or @file; repeatable (default: the key of serve's --data-dir)")
 	fs.Usage = func() {

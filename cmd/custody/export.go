@@ -24,11 +24,12 @@ import (
 // and checkpoints), one per line, in stream order, as `custody verify --file` reads them.
 func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("export", stderr)
-	var natsURL, creds, since, corr, out string
+	var natsURL, since, corr, out string
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
-	fs.StringVar(&creds, "nats-creds", "", "NATS credentials `file`")
+	var creds natsAuth
+	fs.StringVar(&creds.file, "nats-creds", "", "NATS credentials `file`")
 	var dataDir string
-	readerCredsFlags(fs, &dataDir)
+	readerCredsFlags(fs, &dataDir, &creds)
 	fs.StringVar(&since, "since", "", "start at this `time`: a duration ago such as 24h, or an RFC 3339 time (default: the first message)")
 	fs.StringVar(&corr, "correlation-id", "", "only the decision records of this correlation `id` (such an export cannot be chain-verified)")
 	fs.StringVar(&out, "out", "", "write to this `file` instead of standard output")
@@ -162,16 +163,9 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 
 // dialNATS connects to the NATS server at url, with a credentials file when creds is set; extra
 // options (reconnect policy, handlers) come after the defaults.
-func dialNATS(url, creds, name string, extra ...nats.Option) (*nats.Conn, error) {
-	opts := append([]nats.Option{nats.Name(name), nats.Timeout(5 * time.Second)}, extra...)
-	if creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
-	}
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", app.RedactURL(url), err)
-	}
-	return nc, nil
+func dialNATS(url string, creds natsAuth, name string, extra ...nats.Option) (*nats.Conn, error) {
+	return app.DialNATS(url, app.NATSClient{Creds: creds.file, CA: creds.ca, Cert: creds.cert, Key: creds.key},
+		append([]nats.Option{nats.Name(name), nats.Timeout(5 * time.Second)}, extra...)...)
 }
 
 // readStream calls fn with each message of the CUSTODY stream on filter ("" for all of

@@ -31,13 +31,14 @@ const splunkTokenEnv = "CUSTODY_SPLUNK_TOKEN"
 // and in stream order, until stopped.
 func runForward(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("forward", stderr)
-	var natsURL, creds, dataDir, to, format, cursor, tokenFile, listen, sourceType string
+	var natsURL, dataDir, to, format, cursor, tokenFile, listen, sourceType string
 	var batch int
 	var timeout, maxWait, maxBackoff time.Duration
 	var fileMax int64
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
-	fs.StringVar(&creds, "nats-creds", "", "NATS credentials `file`")
-	readerCredsFlags(fs, &dataDir)
+	var creds natsAuth
+	fs.StringVar(&creds.file, "nats-creds", "", "NATS credentials `file`")
+	readerCredsFlags(fs, &dataDir, &creds)
 	fs.StringVar(&to, "to", "", "destination: an http(s):// `URL` (NDJSON POSTs, or Splunk HEC with --splunk-token-file) or file:DIR")
 	fs.StringVar(&format, "format", "ocsf", "`format` of each event: ocsf or json (the record as published)")
 	fs.StringVar(&cursor, "cursor", "", "`file` holding the last delivered stream sequence (default: DATA/forward/<hash of --to>.cursor)")

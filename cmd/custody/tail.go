@@ -17,14 +17,15 @@ import (
 func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("tail", stderr)
 	var (
-		natsURL, creds, outcome, agent, tool, corr, since string
-		asJSON, all                                       bool
-		limit                                             int
+		natsURL, outcome, agent, tool, corr, since string
+		asJSON, all                                bool
+		limit                                      int
 	)
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
-	fs.StringVar(&creds, "nats-creds", "", "NATS credentials file")
+	var creds natsAuth
+	fs.StringVar(&creds.file, "nats-creds", "", "NATS credentials file")
 	var dataDir string
-	readerCredsFlags(fs, &dataDir)
+	readerCredsFlags(fs, &dataDir, &creds)
 	fs.StringVar(&outcome, "outcome", "", "only allow or deny")
 	fs.StringVar(&agent, "agent", "", "only this agent ID")
 	fs.StringVar(&tool, "tool", "", "only this tool (action) name")

@@ -14,11 +14,12 @@ import (
 
 func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("trace", stderr)
-	var natsURL, creds, format string
+	var natsURL, format string
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url`")
-	fs.StringVar(&creds, "nats-creds", "", "NATS credentials file")
+	var creds natsAuth
+	fs.StringVar(&creds.file, "nats-creds", "", "NATS credentials file")
 	var dataDir string
-	readerCredsFlags(fs, &dataDir)
+	readerCredsFlags(fs, &dataDir, &creds)
 	fs.StringVar(&format, "format", "text", "text (an indented tree), json, dot or mermaid")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: custody trace [flags] <correlation-id>")
@@ -70,7 +71,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // start of the stream to its current end (filtering happens on the server), and checks each: a
 // message that does not verify, or cannot be read at all, is kept as an unverified entry and
 // the read carries on.
-func readRecords(ctx context.Context, cmd, natsURL, creds string, filters []string, stderr io.Writer) ([]trace.Entry, error) {
+func readRecords(ctx context.Context, cmd, natsURL string, creds natsAuth, filters []string, stderr io.Writer) ([]trace.Entry, error) {
 	nc, err := dialNATS(natsURL, creds, "custody "+cmd)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cmd, err)

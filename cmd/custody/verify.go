@@ -29,16 +29,17 @@ var errVerifyFailed = errors.New("verification failed")
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify", stderr)
 	var (
-		natsURL, creds, file string
-		pubkeys              stringList
-		requireSigned        bool
-		witnesses            stringList
-		evidence             string
+		natsURL, file string
+		pubkeys       stringList
+		requireSigned bool
+		witnesses     stringList
+		evidence      string
 	)
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url` whose CUSTODY stream to verify")
-	fs.StringVar(&creds, "nats-creds", "", "NATS credentials `file`")
+	var creds natsAuth
+	fs.StringVar(&creds.file, "nats-creds", "", "NATS credentials `file`")
 	var dataDir string
-	readerCredsFlags(fs, &dataDir)
+	readerCredsFlags(fs, &dataDir, &creds)
 	fs.StringVar(&file, "file", "", "verify this export `file` (from custody export; - for standard input) instead of the live stream")
 	fs.Var(&pubkeys, "pubkey", "checkpoint verifier `key` as custody keys prints it, or @file with one key per line; repeatable")
 	fs.BoolVar(&requireSigned, "require-signed", false, "also fail on unchained records, on an instance without a checkpoint verified by its own --pubkey, and on a --pubkey that verified no checkpoint")
@@ -174,7 +175,7 @@ func checkFile(path string, c *verify.Checker) error {
 
 // checkStream feeds c every message of the live CUSTODY stream, with its subject, and tells
 // stderr what the read rode out or found missing.
-func checkStream(ctx context.Context, url, creds string, c *verify.Checker, stderr io.Writer) error {
+func checkStream(ctx context.Context, url string, creds natsAuth, c *verify.Checker, stderr io.Writer) error {
 	nc, err := dialNATS(url, creds, "custody verify")
 	if err != nil {
 		return err

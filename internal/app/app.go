@@ -140,7 +140,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *App, err error) {
 		a.natsURL = a.ns.ClientURL()
 		a.log.Info().Str("reader_creds", readerCreds).Msg("embedded NATS requires credentials; readers use this file")
 	}
-	a.nc, err = connectNATS(a.natsURL, cfg.NATSCreds, "custody serve "+a.instance, a.log, own...)
+	a.nc, err = connectNATS(a.natsURL, cfg.natsClient(), "custody serve "+a.instance, a.log, own...)
 	if err != nil {
 		return nil, err
 	}
@@ -453,7 +453,7 @@ func duplicateWindow(cfg Config, embedded bool) time.Duration {
 	}
 }
 
-func connectNATS(url, creds, name string, log zerolog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+func connectNATS(url string, client NATSClient, name string, log zerolog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.Timeout(5 * time.Second),
@@ -466,12 +466,9 @@ func connectNATS(url, creds, name string, log zerolog.Logger, extra ...nats.Opti
 			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("nats reconnected")
 		}),
 	}
-	if creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
-	}
-	nc, err := nats.Connect(url, append(opts, extra...)...)
+	nc, err := DialNATS(url, client, append(opts, extra...)...)
 	if err != nil {
-		return nil, fmt.Errorf("app: connect to NATS at %s: %w", RedactURL(url), err)
+		return nil, fmt.Errorf("app: %w", err)
 	}
 	return nc, nil
 }
@@ -538,4 +535,43 @@ func loadOrCreate(path string, make func() string) (string, error) {
 		return "", err
 	}
 	return v, f.Close()
+}
+
+// NATSClient is how a client authenticates to NATS: a credentials file, and TLS with a private
+// CA or a client certificate. Every command dials through DialNATS with one.
+type NATSClient struct {
+	Creds string // a .creds file (user JWT and seed)
+	CA    string // PEM CA bundle the servers' certificates must chain to; empty is the system's
+	Cert  string // PEM client certificate, with Key, for servers that verify clients
+	Key   string
+}
+
+// Validate reports a client setting that cannot work.
+func (c NATSClient) Validate() error {
+	if (c.Cert == "") != (c.Key == "") {
+		return configErrorf("--nats-cert and --nats-key go together")
+	}
+	return nil
+}
+
+// DialNATS connects to url as c says; extra options come after custody's own.
+func DialNATS(url string, c NATSClient, extra ...nats.Option) (*nats.Conn, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	var opts []nats.Option
+	if c.Creds != "" {
+		opts = append(opts, nats.UserCredentials(c.Creds))
+	}
+	if c.CA != "" {
+		opts = append(opts, nats.RootCAs(c.CA))
+	}
+	if c.Cert != "" {
+		opts = append(opts, nats.ClientCert(c.Cert, c.Key))
+	}
+	nc, err := nats.Connect(url, append(opts, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", RedactURL(url), err)
+	}
+	return nc, nil
 }

@@ -71,6 +71,8 @@ type Config struct {
 	NATSListen         string // embedded NATS client address, or embeddednats.ListenNone
 	NATSURL            string // an external NATS server; empty runs the embedded one
 	NATSCreds          string // credentials file for NATSURL
+	NATSCA             string // CA of NATSURL's servers; empty is the system's
+	NATSCert, NATSKey  string // client certificate for NATSURL's servers
 	NATSSync           string // embedded JetStream fsync: "", "always" or a duration
 	Policies           string // a policy directory or bundle; empty is the embedded policies
 	PolicySource       PolicySourceConfig
@@ -195,6 +197,9 @@ func (c *Config) validate() error {
 	if c.DecisionMemo < 0 {
 		return errors.New("--decision-memo must not be negative")
 	}
+	if err := c.natsClient().Validate(); err != nil {
+		return err
+	}
 	if c.DecisionMemoBytes <= 0 {
 		return errors.New("--decision-memo-bytes must be positive")
 	}
@@ -293,4 +298,8 @@ func parseNATSSync(v string) (always bool, interval time.Duration, err error) {
 		return false, 0, fmt.Errorf("--nats-sync %q: want always or a positive duration such as 1s", v)
 	}
 	return false, d, nil
+}
+
+func (c Config) natsClient() NATSClient {
+	return NATSClient{Creds: c.NATSCreds, CA: c.NATSCA, Cert: c.NATSCert, Key: c.NATSKey}
 }
