@@ -3,6 +3,7 @@ module github.com/custodyhq/custody
 go 1.26.8
 
 require (
+	filippo.io/age v1.3.2
 	github.com/google/go-cmp v0.7.0
 	github.com/google/uuid v1.6.0
 	github.com/labstack/echo/v4 v4.16.0
@@ -17,10 +18,7 @@ require (
 	golang.org/x/mod v0.41.0
 )
 
-require (
-	filippo.io/age v1.3.2 // indirect
-	filippo.io/hpke v0.4.0 // indirect
-)
+require filippo.io/hpke v0.4.0 // indirect
 
 require (
 	github.com/agnivade/levenshtein v1.2.2 // indirect
