@@ -80,6 +80,9 @@ func (s *Server) authorize(c echo.Context) error {
 	}
 	rec, d := s.decide(c, EndpointAuthorize, in, meta)
 	rec.Caller = cl.ref()
+	if err := s.sealIntent(c, rec, ar.Task.intent()); err != nil {
+		return err
+	}
 	if err := s.record(c, rec); err != nil {
 		return err
 	}

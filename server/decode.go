@@ -56,8 +56,16 @@ type taskBody struct {
 	ParentID  string `json:"parent_id"`
 	Attempt   int64  `json:"attempt"`
 	SessionID string `json:"session_id"`
-	// Intent is the prompt text behind the task. It is hashed on arrival and never stored.
+	// Intent is the prompt text behind the task. It is hashed on arrival and only ever stored sealed (--intent-vault).
 	Intent string `json:"intent"`
+}
+
+// intent is the task's intent, "" without a task.
+func (t *taskBody) intent() string {
+	if t == nil {
+		return ""
+	}
+	return t.Intent
 }
 
 // checkContentType accepts application/json and application/*+json.
