@@ -76,6 +76,7 @@ type serveConfig struct {
 	auth               authConfig
 	receipt            receiptConfig
 	evidence           evidenceConfig
+	vault              vaultConfig
 	// governMemory lets serve set the collector's defaults (see memory.go): the process is
 	// custody's own, not a host it is embedded in.
 	governMemory bool
@@ -115,6 +116,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	c.auth.flags(fs)
 	c.receipt.flags(fs)
 	c.evidence.flags(fs)
+	c.vault.flags(fs)
 }
 
 // Validate reports the first setting that cannot work.
@@ -164,6 +166,9 @@ func (c *serveConfig) Validate() error {
 		return err
 	}
 	if err := c.evidence.Validate(); err != nil {
+		return err
+	}
+	if err := c.vault.Validate(); err != nil {
 		return err
 	}
 	return c.auth.Validate()
@@ -311,6 +316,11 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		return err
 	}
 	authOpts = append(authOpts, receiptOpts...)
+	vaultOpts, err := cfg.vault.build(ctx, js, cfg, instanceID, log)
+	if err != nil {
+		return err
+	}
+	authOpts = append(authOpts, vaultOpts...)
 	reg := prometheus.NewRegistry()
 	rec.register(reg)
 	rec.publisher = guard.Publisher(rec.publisher)
