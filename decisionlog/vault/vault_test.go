@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -127,5 +128,44 @@ func TestParseRecipients(t *testing.T) {
 		if _, err := vault.ParseRecipients(bad); err == nil {
 			t.Errorf("ParseRecipients(%q) accepted it", bad)
 		}
+	}
+}
+
+// TestEntryOpensWithAgeCLI: a vault entry is a plain age file, so the age CLI, given a key made
+// by age-keygen, opens it: a third party can check an unsealed intent without custody's code.
+func TestEntryOpensWithAgeCLI(t *testing.T) {
+	bin, err := exec.LookPath("age")
+	keygen, kerr := exec.LookPath("age-keygen")
+	if err != nil || kerr != nil {
+		t.Skip("age CLI not installed")
+	}
+	keyFile := filepath.Join(t.TempDir(), "key.txt")
+	if out, err := exec.Command(keygen, "-o", keyFile).CombinedOutput(); err != nil {
+		t.Fatalf("age-keygen: %v: %s", err, out)
+	}
+	raw, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := vault.ParseIdentities(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := newVault(t, ids[0].(*age.X25519Identity).Recipient())
+	ref, err := v.Seal(context.Background(), "dec-1", "corr-1", "close the Q3 books")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := v.Open(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := filepath.Join(t.TempDir(), "entry.age")
+	if err := os.WriteFile(entry, ct, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "-d", "-i", keyFile, entry).Output()
+	if err != nil || string(out) != "close the Q3 books" {
+		t.Fatalf("age -d = %q, %v", out, err)
 	}
 }
