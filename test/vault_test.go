@@ -20,6 +20,7 @@ import (
 
 	"github.com/custodyhq/custody/decisionlog"
 	"github.com/custodyhq/custody/decisionlog/vault"
+	"github.com/custodyhq/custody/internal/natstest"
 )
 
 // vaultPrompt is the intent the test seals: a string that appears nowhere else, so finding it in
@@ -145,10 +146,28 @@ func TestIntentVaultSealAndUnseal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The unseal records are checked like any record; they are part of req-vault's evidence.
-	time.Sleep(100 * time.Millisecond)
+	// The unseal records are checked like any record.
 	if out, err := runCustody(t, "verify", "--nats-url", c.NATS, "--data-dir", dir, "--pubkey", strings.TrimSpace(pub)); err != nil {
 		t.Fatalf("verify with unseal records: %v\n%s", err, out)
+	}
+	// The request's evidence extract holds the unseal records, and checks offline.
+	extract := filepath.Join(t.TempDir(), "evidence.json")
+	natstest.CheckFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+		out, err := runCustody(t, "evidence", "req-vault", "--out", extract, "--nats-url", c.NATS, "--data-dir", dir)
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+	raw, err := os.ReadFile(extract)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(raw), `"kind": "unseal"`); n != 2 || strings.Contains(string(raw), "zebra-quartz") {
+		t.Errorf("extract has %d unseal records (want 2), or the prompt", n)
+	}
+	if out, err := runCustody(t, "verify", "--evidence", extract, "--pubkey", strings.TrimSpace(pub)); err != nil {
+		t.Fatalf("verify --evidence: %v\n%s", err, out)
 	}
 	c.Stop(t)
 	if strings.Contains(c.Logs(), "zebra-quartz") {

@@ -40,7 +40,7 @@ type Document struct {
 
 // Entry is one record with its inclusion proof.
 type Entry struct {
-	Kind       string `json:"kind"` // decision or execution
+	Kind       string `json:"kind"` // decision, execution or unseal
 	ID         string `json:"id"`   // decision_id, or execution_id for an execution
 	Instance   string `json:"instance"`
 	Seq        uint64 `json:"seq"`
