@@ -22,23 +22,35 @@ type evidenceConfig struct {
 }
 
 func (c *evidenceConfig) flags(fs *flag.FlagSet) {
-	fs.Var(&c.witnesses, "checkpoint-witness", "also append each checkpoint to `file:PATH` (a file of JSON lines, or a directory of one file per checkpoint) kept where the stream's operator cannot rewrite it; repeatable; custody verify --witness reads it")
+	fs.Var(&c.witnesses, "checkpoint-witness", "also append each checkpoint to `file:PATH` (a file of JSON lines, or a directory of one file per checkpoint) kept where the stream's operator cannot rewrite it, or send it to a C2SP tlog-witness at https://URL and keep its cosignatures in DATA/witness/; repeatable; custody verify --witness reads either")
 }
 
 // sinkOptions are the sink options evidence needs: the Merkle tree recovery rebuilt (nil: the
 // checkpoints sign the chain head only) and the witnesses. The slice is clipped, so that each
 // sink appending its own options gets a fresh array.
-func (c *evidenceConfig) sinkOptions(tree *decisionlog.Tree, log zerolog.Logger) []custodyjs.Option {
+func (c *evidenceConfig) sinkOptions(tree *decisionlog.Tree, dataDir string, log zerolog.Logger) ([]custodyjs.Option, error) {
 	var opts []custodyjs.Option
 	if tree != nil {
 		opts = append(opts, custodyjs.WithTree(tree))
 	}
 	var ws []fileWitness
+	var urls []string
 	for _, w := range c.witnesses {
-		ws = append(ws, fileWitness{path: strings.TrimPrefix(w, "file:")})
+		if path, ok := strings.CutPrefix(w, "file:"); ok {
+			ws = append(ws, fileWitness{path: path})
+		} else {
+			urls = append(urls, w)
+		}
 	}
-	if len(ws) > 0 {
+	hw, err := newHTTPWitnesses(urls, dataDir, tree, log)
+	if err != nil {
+		return nil, err
+	}
+	if len(ws) > 0 || hw != nil {
 		opts = append(opts, custodyjs.WithCheckpointHook(func(_ context.Context, cp *decisionlog.Checkpoint) {
+			if hw != nil {
+				hw.enqueue(cp)
+			}
 			for _, w := range ws {
 				if err := w.add(cp); err != nil {
 					// The checkpoint is on the stream; a witness that missed one weakens only
@@ -48,15 +60,21 @@ func (c *evidenceConfig) sinkOptions(tree *decisionlog.Tree, log zerolog.Logger)
 			}
 		}))
 	}
-	return slices.Clip(opts)
+	return slices.Clip(opts), nil
 }
 
 // Validate checks the evidence flags before serve starts.
 func (c *evidenceConfig) Validate() error {
 	for _, w := range c.witnesses {
+		if strings.HasPrefix(w, "http://") || strings.HasPrefix(w, "https://") {
+			if err := checkWitnessURL(w); err != nil {
+				return err
+			}
+			continue
+		}
 		path, ok := strings.CutPrefix(w, "file:")
 		if !ok || path == "" {
-			return fmt.Errorf("%w: --checkpoint-witness %q: want file:PATH", errUsage, w)
+			return fmt.Errorf("%w: --checkpoint-witness %q: want file:PATH or https://URL", errUsage, w)
 		}
 	}
 	return nil

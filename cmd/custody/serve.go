@@ -294,10 +294,14 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger) error {
 		return err
 	}
 	log.Info().Uint64("seq", head.Seq).Str("instance", instanceID).Msg("decision chain resumes")
+	evidenceOpts, err := cfg.evidence.sinkOptions(tree, cfg.dataDir, log)
+	if err != nil {
+		return err
+	}
 	rec, err := newRecorder(recorderDeps{
 		cfg: cfg, logger: logger, js: js, stream: stream, nc: nc,
 		instance: instanceID, head: head, signer: signer, embedded: ns != nil,
-		evidence: cfg.evidence.sinkOptions(tree, log),
+		evidence: evidenceOpts,
 	})
 	if err != nil {
 		return err
