@@ -3,6 +3,7 @@ module github.com/custodyhq/custody
 go 1.26.8
 
 require (
+	filippo.io/age v1.3.2
 	github.com/google/go-cmp v0.7.0
 	github.com/google/uuid v1.6.0
 	github.com/labstack/echo/v4 v4.16.0
@@ -18,6 +19,8 @@ require (
 )
 
 require go.uber.org/goleak v1.3.0
+
+require filippo.io/hpke v0.4.0 // indirect
 
 require (
 	github.com/agnivade/levenshtein v1.2.2 // indirect

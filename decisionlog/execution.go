@@ -50,8 +50,11 @@ func (r *Record) IsExecution() bool { return r.Schema == SchemaExecutionV1 }
 
 // MsgID is the record's Nats-Msg-Id: the decision ID, or the execution ID for an execution.
 func (r *Record) MsgID() string {
-	if r.IsExecution() {
+	switch {
+	case r.IsExecution():
 		return r.ExecutionID
+	case r.IsUnseal():
+		return r.UnsealID
 	}
 	return r.DecisionID
 }
@@ -59,8 +62,11 @@ func (r *Record) MsgID() string {
 // RecordSubject is where r is published: DecisionSubject for a decision, ExecutionSubject for an
 // execution.
 func RecordSubject(r *Record) string {
-	if r.IsExecution() {
+	switch {
+	case r.IsExecution():
 		return ExecutionSubject(r)
+	case r.IsUnseal():
+		return UnsealSubject(r)
 	}
 	return DecisionSubject(r)
 }
@@ -75,8 +81,9 @@ func ExecutionSubject(r *Record) string {
 	return ExecutionPrefix + "." + Token(status) + "." + Token(r.AgentID()) + "." + Token(r.Action.Name) + "." + Token(r.CorrelationID)
 }
 
-// CorrelationFilters are the subject filters of every decision and execution of one correlation ID.
+// CorrelationFilters are the subject filters of every decision, execution and unseal record of
+// one correlation ID.
 func CorrelationFilters(correlationID string) []string {
 	t := Token(correlationID)
-	return []string{DecisionPrefix + ".*.*.*." + t, ExecutionPrefix + ".*.*.*." + t}
+	return []string{DecisionPrefix + ".*.*.*." + t, ExecutionPrefix + ".*.*.*." + t, UnsealPrefix + ".*.*." + t}
 }

@@ -36,6 +36,9 @@ type Tree struct {
 	// broken says why the tree stopped following the chain (a record was passed over); a
 	// broken tree signs nothing, so checkpoints fall back to chain-only notes.
 	broken string
+	// kept, when set (KeepLeaves), holds the leaf hashes since an earlier size, for
+	// consistency proofs to a witness (witness.go).
+	kept *leafLog
 }
 
 // NewTree returns the empty tree of a fresh instance.
@@ -77,9 +80,11 @@ func (t *Tree) Append(r *Record, body []byte) error {
 		t.broken = fmt.Sprintf("seq %d follows a tree of %d leaves", r.Seq, size)
 		return fmt.Errorf("decisionlog: tree: %w: %s", ErrTreeGap, t.broken)
 	}
-	if err := t.r.Append(LeafHash(body), nil); err != nil {
+	leaf := LeafHash(body)
+	if err := t.r.Append(leaf, nil); err != nil {
 		return fmt.Errorf("decisionlog: tree: append: %w", err)
 	}
+	t.kept.add(leaf)
 	return nil
 }
 
@@ -219,5 +224,6 @@ func (t *Tree) AppendLeaf(leafHash []byte) error {
 	if err := t.r.Append(leafHash, nil); err != nil {
 		return fmt.Errorf("decisionlog: tree: append: %w", err)
 	}
+	t.kept.add(leafHash)
 	return nil
 }

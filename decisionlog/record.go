@@ -37,9 +37,12 @@ type Record struct {
 	// ExecutionID and Execution are set on custody.execution.v1 records only.
 	ExecutionID string     `json:"execution_id,omitempty"`
 	Execution   *Execution `json:"execution,omitempty"`
-	Seq         uint64     `json:"seq,omitempty"`
-	PrevHash    string     `json:"prev_hash,omitempty"`
-	Hash        string     `json:"hash,omitempty"`
+	// UnsealID and Unseal are set on custody.unseal.v1 records only.
+	UnsealID string  `json:"unseal_id,omitempty"`
+	Unseal   *Unseal `json:"unseal,omitempty"`
+	Seq      uint64  `json:"seq,omitempty"`
+	PrevHash string  `json:"prev_hash,omitempty"`
+	Hash     string  `json:"hash,omitempty"`
 }
 
 // Caller is who authenticated the request, when anyone did: an API key's name, a token's

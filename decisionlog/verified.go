@@ -25,9 +25,9 @@ func DecodeRecord(body []byte) (*Record, error) {
 	return &r, nil
 }
 
-// CheckRecord decodes a decision or execution record and checks what one message can show on
+// CheckRecord decodes a decision, execution or unseal record and checks what one message can show on
 // its own: the body is sealed (it hashes to its hash member) and the record's ID (decision_id,
-// or execution_id for an execution) is msgID, the message's Nats-Msg-Id. It returns the record
+// execution_id for an execution, unseal_id for an unseal) is msgID, the message's Nats-Msg-Id. It returns the record
 // whenever the body could be decoded, with an error wrapping ErrUnverified when a check fails,
 // so that a reader can still say what the unverified message claims.
 //
@@ -40,8 +40,8 @@ func CheckRecord(msgID string, body []byte) (*Record, error) {
 		return nil, fmt.Errorf("%w: %w", ErrUnverified, err)
 	}
 	switch {
-	case r.Schema != SchemaDecisionV1 && r.Schema != SchemaExecutionV1:
-		return r, fmt.Errorf("%w: schema %q is not a decision or execution record", ErrUnverified, r.Schema)
+	case r.Schema != SchemaDecisionV1 && r.Schema != SchemaExecutionV1 && r.Schema != SchemaUnsealV1:
+		return r, fmt.Errorf("%w: schema %q is not a decision, execution or unseal record", ErrUnverified, r.Schema)
 	case r.MsgID() == "" || r.MsgID() != msgID:
 		return r, fmt.Errorf("%w: its ID %q is not its Nats-Msg-Id %q", ErrUnverified, r.MsgID(), msgID)
 	}

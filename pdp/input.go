@@ -37,6 +37,19 @@ type Task struct {
 	Attempt      int64  `json:"attempt,omitempty"`
 	SessionID    string `json:"session_id,omitempty"`
 	IntentSHA256 string `json:"intent_sha256,omitempty"`
+	// IntentSealed is set on decision records only, when serve runs with --intent-vault: where
+	// the intent, encrypted, is kept. Policies never see it: it is filled after the decision.
+	IntentSealed *SealedIntent `json:"intent_sealed,omitempty"`
+}
+
+// SealedIntent points at a task's intent encrypted in the intent vault: the stream, the subject
+// and stream sequence of the entry, and the SHA-256 of its ciphertext, so that the record's hash
+// also vouches for the vault entry.
+type SealedIntent struct {
+	Stream  string `json:"stream"`
+	Subject string `json:"subject"`
+	Seq     uint64 `json:"seq"`
+	SHA256  string `json:"sha256"`
 }
 
 // Input is what a policy sees as `input`: AuthZEN's four entities plus the agent envelope.

@@ -243,7 +243,7 @@ func newDecisionCache(max int) *decisionCache {
 }
 
 func (c *decisionCache) put(r *decisionlog.Record) {
-	if c == nil || c.max <= 0 || r.IsExecution() {
+	if c == nil || c.max <= 0 || r.Schema != decisionlog.SchemaDecisionV1 {
 		return
 	}
 	kept := *r

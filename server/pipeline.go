@@ -94,11 +94,17 @@ func (x *exchange) input(call *agentcall.Call, m *requestMeta) *pdp.Input {
 func (x *exchange) decideCall(call *agentcall.Call, bodyUser bool) *outcome {
 	m := x.meta
 	in := x.input(call, &m)
-	return x.decideInput(in, bodyUser, m)
+	intent := ""
+	if call.Task != nil {
+		intent = call.Task.Intent
+	}
+	return x.decideInput(in, bodyUser, m, intent)
 }
 
-// decideInput is decideCall for an input already mapped.
-func (x *exchange) decideInput(in *pdp.Input, bodyUser bool, m requestMeta) *outcome {
+// decideInput is decideCall for an input already mapped. A task intent is sealed into the
+// intent vault (when there is one) before the record is published: the record names the sealed
+// entry, and an intent that cannot be kept makes the decision a recorded deny.
+func (x *exchange) decideInput(in *pdp.Input, bodyUser bool, m requestMeta, intent string) *outcome {
 	if err := applyIdentity(in, x.caller, bodyUser); err != nil {
 		return x.refuse(in, err, m)
 	}
@@ -107,6 +113,15 @@ func (x *exchange) decideInput(in *pdp.Input, bodyUser bool, m requestMeta) *out
 	o := &outcome{rec: rec, obligations: d.Obligations}
 	if d.Err != nil {
 		o.err = &itemError{Status: http.StatusInternalServerError, Code: pdp.ReasonPolicyError, Message: "the policy could not be evaluated, so the decision is a deny"}
+	}
+	if serr := x.s.sealIntent(x.c, rec, intent); serr != nil {
+		if serr.denied == nil {
+			o.recordErr = serr // not even the deny could be recorded
+		} else {
+			o.refused = serr
+			o.err = &itemError{Status: statusCode(serr.Code), Code: serr.Code, Message: serr.Message}
+		}
+		return o
 	}
 	o.recordErr = x.s.record(x.c, rec)
 	return o

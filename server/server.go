@@ -72,6 +72,8 @@ type Server struct {
 	execWindow time.Duration
 	recent     *decisionCache
 
+	vault IntentVault // the intent vault (unseal.go), when serve runs with --intent-vault
+
 	echo *echo.Echo
 }
 
@@ -138,6 +140,7 @@ func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.I
 	e.Use(s.recoverer, s.requestID, s.instrument)
 	e.POST("/v1/authorize", s.authorize)
 	e.POST(EndpointExecutions, s.executions)
+	e.POST(EndpointUnseal, s.unseal)
 	e.GET(EndpointJWKS, s.jwks)
 	e.POST(EndpointEvaluation, s.evaluation)
 	e.POST(EndpointEvaluations, s.evaluations)

@@ -31,7 +31,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		}
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	if fs.NArg() > 0 && fs.Name() != "custody trace" && fs.Name() != "custody evidence" { // these take one positional argument
+	if fs.NArg() > 0 && fs.Name() != "custody trace" && fs.Name() != "custody evidence" && fs.Name() != "custody unseal" { // these take one positional argument
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
 	set := map[string]bool{}

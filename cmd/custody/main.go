@@ -54,6 +54,7 @@ commands:
   verify   check the stream's hash chains and signed checkpoints; non-zero exit on any break
   trace    'custody trace CORRELATION-ID': the workflow graph of one human request
   evidence 'custody evidence CORRELATION-ID --out FILE': a provable extract; 'custody verify --evidence FILE' checks it offline
+  unseal   'custody unseal DECISION-ID --identity FILE --reason TEXT': decrypt a sealed intent (serve --intent-vault); the unseal is recorded first
   correlate 'custody correlate --system-log FILE': join downstream system logs to decisions
   bundle   'custody bundle push FILE': roll a policy bundle out to every 'serve --bundle-source nats'
   mcp      an MCP gateway: every upstream tools/call goes through the PDP first
@@ -87,6 +88,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runTrace(ctx, rest, stdout, stderr)
 	case "evidence":
 		return runEvidence(ctx, rest, stdout, stderr)
+	case "unseal":
+		return runUnseal(ctx, rest, stdout, stderr)
 	case "correlate":
 		return runCorrelate(ctx, rest, stdout, stderr)
 	case "bundle":

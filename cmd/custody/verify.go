@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +34,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		pubkeys       stringList
 		requireSigned bool
 		witnesses     stringList
+		witnessKeys   stringList
 		evidence      string
 	)
 	fs.StringVar(&natsURL, "nats-url", DefaultNATSURL, "NATS server `url` whose CUSTODY stream to verify")
@@ -44,6 +46,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.Var(&pubkeys, "pubkey", "checkpoint verifier `key` as custody keys prints it, or @file with one key per line; repeatable")
 	fs.BoolVar(&requireSigned, "require-signed", false, "also fail on unchained records, on an instance without a checkpoint verified by its own --pubkey, and on a --pubkey that verified no checkpoint")
 	fs.Var(&witnesses, "witness", "also check the checkpoints kept by a witness: a `path` that serve --checkpoint-witness file:PATH wrote (file or directory); repeatable")
+	fs.Var(&witnessKeys, "witness-key", "note verifier `key` of an HTTP witness (or @file); every --witness checkpoint must then carry a valid cosignature by one of them; repeatable")
 	fs.StringVar(&evidence, "evidence", "", "verify this evidence `file` (from custody evidence) offline, without NATS")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -67,8 +70,14 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		opts = append(opts, verify.RequireSigned(names...))
 	}
 	c := verify.NewChecker(verifiers, opts...)
+	var cosigners note.Verifiers
+	if len(witnessKeys) > 0 {
+		if cosigners, _, err = loadVerifiers(witnessKeys); err != nil {
+			return fmt.Errorf("%w: --witness-key: %w", errUsage, err)
+		}
+	}
 	for _, w := range witnesses {
-		if err := addWitnessed(w, c); err != nil {
+		if err := addWitnessed(w, c, cosigners); err != nil {
 			return fmt.Errorf("verify: witness: %w", err)
 		}
 	}
@@ -194,8 +203,9 @@ func checkStream(ctx context.Context, url string, creds natsAuth, c *verify.Chec
 }
 
 // addWitnessed feeds c the checkpoints a file witness kept: a file of JSON lines, or a
-// directory of one checkpoint file each.
-func addWitnessed(path string, c *verify.Checker) error {
+// directory of one checkpoint file each. With cosigners, each must also carry a valid
+// signature by one of them (an HTTP witness's cosignature), or the witness file is refused.
+func addWitnessed(path string, c *verify.Checker, cosigners note.Verifiers) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return err
@@ -220,9 +230,32 @@ func addWitnessed(path string, c *verify.Checker) error {
 		}
 		for line := range bytes.Lines(raw) {
 			if line = bytes.TrimSpace(line); len(line) > 0 {
+				if err := checkCosigned(line, cosigners); err != nil {
+					return fmt.Errorf("%s: %w", f, err)
+				}
 				c.AddWitnessed(line)
 			}
 		}
+	}
+	return nil
+}
+
+// checkCosigned checks that a witnessed checkpoint's note carries a signature by one of
+// cosigners; nil cosigners check nothing. Signatures by other keys (custody's own) are ignored
+// here: the checker verifies those.
+func checkCosigned(line []byte, cosigners note.Verifiers) error {
+	if cosigners == nil {
+		return nil
+	}
+	var cp struct {
+		Seq  uint64 `json:"seq"`
+		Note string `json:"note"`
+	}
+	if err := json.Unmarshal(line, &cp); err != nil {
+		return fmt.Errorf("witness entry is not a checkpoint: %w", err)
+	}
+	if _, err := note.Open([]byte(cp.Note), cosigners); err != nil {
+		return fmt.Errorf("checkpoint at seq %d is not cosigned by any --witness-key: %w", cp.Seq, err)
 	}
 	return nil
 }

@@ -104,10 +104,7 @@ func Check(d *Document, verifiers note.Verifiers) *Result {
 			fail(who, "%v", err)
 			continue
 		}
-		kind := "decision"
-		if r.Schema == decisionlog.SchemaExecutionV1 {
-			kind = "execution"
-		}
+		kind := r.Kind()
 		switch {
 		case kind != e.Kind || r.PDP.Instance != e.Instance || r.Seq != e.Seq:
 			fail(who, "the record is %s %s of instance %s at seq %d, not what its entry says", kind, r.MsgID(), r.PDP.Instance, r.Seq)

@@ -40,7 +40,7 @@ type Document struct {
 
 // Entry is one record with its inclusion proof.
 type Entry struct {
-	Kind       string `json:"kind"` // decision or execution
+	Kind       string `json:"kind"` // decision, execution or unseal
 	ID         string `json:"id"`   // decision_id, or execution_id for an execution
 	Instance   string `json:"instance"`
 	Seq        uint64 `json:"seq"`
@@ -117,7 +117,7 @@ func (b *Builder) Add(m Message) {
 			return
 		}
 		b.cps[cp.Instance] = append(b.cps[cp.Instance], cpAt{cp: cp, root: st.Root})
-	case decisionlog.SchemaDecisionV1, decisionlog.SchemaExecutionV1:
+	case decisionlog.SchemaDecisionV1, decisionlog.SchemaExecutionV1, decisionlog.SchemaUnsealV1:
 		r, err := decisionlog.CheckRecord(m.MsgID, m.Data)
 		if err != nil {
 			return
@@ -189,10 +189,7 @@ func (b *Builder) Document(now time.Time) (*Document, error) {
 		if err != nil {
 			return nil, fmt.Errorf("evidence: build: %w", err)
 		}
-		kind, id := "decision", f.rec.DecisionID
-		if f.rec.Schema == decisionlog.SchemaExecutionV1 {
-			kind, id = "execution", f.rec.ExecutionID
-		}
+		kind, id := f.rec.Kind(), f.rec.MsgID()
 		doc.Records = append(doc.Records, Entry{Kind: kind, ID: id, Instance: inst, Seq: f.rec.Seq, LeafIndex: f.rec.Seq - 1,
 			Checkpoint: cpIndex[inst], TreeSize: cp.Seq, Body: f.body, Proof: p})
 	}

@@ -76,7 +76,7 @@ func RecoverHead(ctx context.Context, stream RecoverStream, instance string, ver
 		from, rec.rebuild, rec.checkpoint, rec.Tree = 0, &decisionlog.ChainHead{}, rec.Head, decisionlog.NewTree()
 	}
 	st, err := Read(ctx, stream, ReadOptions{
-		Filters:  []string{decisionlog.DecisionPrefix + ".>", decisionlog.ExecutionPrefix + ".>"},
+		Filters:  []string{decisionlog.DecisionPrefix + ".>", decisionlog.ExecutionPrefix + ".>", decisionlog.UnsealPrefix + ".>"},
 		StartSeq: from,
 	}, func(m *Msg) error {
 		rec.consider(instance, m)
@@ -167,6 +167,7 @@ type chainFields struct {
 	Schema      string `json:"schema"`
 	DecisionID  string `json:"decision_id"`
 	ExecutionID string `json:"execution_id"`
+	UnsealID    string `json:"unseal_id"`
 	PDP         struct {
 		Instance string `json:"instance"`
 	} `json:"pdp"`
@@ -202,8 +203,11 @@ func (rec *Recovery) consider(instance string, m *Msg) {
 		return // already part of the chain (read again before the checkpoint)
 	}
 	id := f.DecisionID
-	if f.Schema == decisionlog.SchemaExecutionV1 {
+	switch f.Schema {
+	case decisionlog.SchemaExecutionV1:
 		id = f.ExecutionID
+	case decisionlog.SchemaUnsealV1:
+		id = f.UnsealID
 	}
 	hash, err := decisionlog.BodyHash(m.Data)
 	switch {

@@ -205,6 +205,10 @@ func (s *Sink) decisionMsg(r *decisionlog.Record, body []byte) *nats.Msg {
 	msg := nats.NewMsg(decisionlog.RecordSubject(r))
 	msg.Data = body
 	msg.Header.Set(decisionlog.HeaderCorrelationID, r.CorrelationID)
+	if r.IsUnseal() {
+		msg.Header.Set(decisionlog.HeaderDecisionID, r.DecisionID)
+		return msg
+	}
 	if r.IsExecution() {
 		msg.Header.Set(decisionlog.HeaderDecisionID, r.DecisionID)
 		if r.Execution != nil {

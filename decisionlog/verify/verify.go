@@ -180,6 +180,9 @@ type wire struct {
 		Status string `json:"status"`
 	} `json:"execution"`
 
+	// custody.unseal.v1: chained like a decision, identified by its unseal ID
+	UnsealID string `json:"unseal_id"`
+
 	// custody.checkpoint.v1 and v2
 	Instance string   `json:"instance"`
 	Note     string   `json:"note"`
@@ -196,7 +199,7 @@ func (c *Checker) Add(m Message) {
 		return
 	}
 	switch w.Schema {
-	case decisionlog.SchemaDecisionV1, decisionlog.SchemaExecutionV1:
+	case decisionlog.SchemaDecisionV1, decisionlog.SchemaExecutionV1, decisionlog.SchemaUnsealV1:
 		c.addDecision(m, msg, &w)
 	case decisionlog.SchemaCheckpointV1, decisionlog.SchemaCheckpointV2:
 		c.addCheckpoint(m, msg, &w, false)
@@ -226,7 +229,8 @@ func (c *Checker) addDecision(m Message, msg int, w *wire) {
 	inst, seq := w.PDP.Instance, w.Seq
 	ch := c.chain(inst)
 	if m.Subject != "" {
-		r := decisionlog.Record{Schema: w.Schema, Allow: w.Allow, Action: pdp.Action{Name: w.Action.Name}, CorrelationID: w.CorrelationID}
+		r := decisionlog.Record{Schema: w.Schema, Allow: w.Allow, Action: pdp.Action{Name: w.Action.Name}, CorrelationID: w.CorrelationID,
+			DecisionID: w.DecisionID, PDP: decisionlog.Instance{Instance: w.PDP.Instance}}
 		if w.Agent != nil {
 			r.Agent = &pdp.Agent{ID: w.Agent.ID}
 		}
@@ -319,8 +323,11 @@ func (c *Checker) addDecision(m Message, msg int, w *wire) {
 // An execution is identified by its execution_id (its decision_id names the decision it reports on).
 func (c *Checker) checkDecisionID(w *wire, inst string, seq uint64, msg int) {
 	id, key := w.DecisionID, "decision_id"
-	if w.Schema == decisionlog.SchemaExecutionV1 {
+	switch w.Schema {
+	case decisionlog.SchemaExecutionV1:
 		id, key = w.ExecutionID, "execution_id"
+	case decisionlog.SchemaUnsealV1:
+		id, key = w.UnsealID, "unseal_id"
 	}
 	if id == "" {
 		return

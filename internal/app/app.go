@@ -46,6 +46,7 @@ type App struct {
 	rec      *recorder
 	engine   *pdp.Engine
 	instance string
+	witness  *httpWitnesses // nil without an https:// --checkpoint-witness
 
 	ln      net.Listener
 	tls     *tls.Config
@@ -172,10 +173,15 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *App, err error) {
 		return nil, err
 	}
 	a.log.Info().Uint64("seq", head.Seq).Str("instance", a.instance).Msg("decision chain resumes")
+	evidenceOpts, witness, err := cfg.Evidence.sinkOptions(tree, cfg.DataDir, a.log)
+	if err != nil {
+		return nil, err
+	}
+	a.witness = witness
 	a.rec, err = newRecorder(recorderDeps{
 		cfg: cfg, logger: logger, js: js, stream: stream, nc: a.nc,
 		instance: a.instance, head: head, signer: signer, embedded: a.ns != nil,
-		evidence: cfg.Evidence.sinkOptions(tree, a.log),
+		evidence: evidenceOpts,
 	})
 	if err != nil {
 		return nil, err
@@ -193,6 +199,11 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *App, err error) {
 		return nil, err
 	}
 	authOpts = append(authOpts, receiptOpts...)
+	vaultOpts, err := cfg.Vault.build(ctx, js, cfg, a.instance, a.log)
+	if err != nil {
+		return nil, err
+	}
+	authOpts = append(authOpts, vaultOpts...)
 	reg := prometheus.NewRegistry()
 	a.rec.register(reg)
 	a.rec.publisher = a.guard.Publisher(a.rec.publisher)
@@ -277,6 +288,9 @@ func (a *App) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(ctx)
 	wg.Go(func() { a.guard.Run(bg) })
 	wg.Go(func() { a.policy.runWatchers(bg) })
+	if a.witness != nil {
+		a.witness.start()
+	}
 	a.rec.start()
 	var debugSrv *http.Server
 	if a.debugLn != nil {
@@ -344,6 +358,9 @@ func (a *App) Close(ctx context.Context) error {
 		var errs []error
 		if a.rec != nil && !a.ran {
 			errs = append(errs, a.rec.close(ctx))
+		}
+		if a.witness != nil {
+			a.witness.stop() // after the recorder's last checkpoint
 		}
 		if a.ln != nil {
 			_ = a.ln.Close() // already closed by Run's Shutdown

@@ -98,6 +98,7 @@ type Config struct {
 	Auth               AuthConfig
 	Receipt            ReceiptConfig
 	Evidence           EvidenceConfig
+	Vault              VaultConfig
 }
 
 // DefaultConfig returns the settings `custody serve` runs with when given no flags.
@@ -204,6 +205,9 @@ func (c *Config) validate() error {
 		return errors.New("--decision-memo-bytes must be positive")
 	}
 	if err := c.Evidence.Validate(); err != nil {
+		return err
+	}
+	if err := c.Vault.Validate(); err != nil {
 		return err
 	}
 	if c.DuplicateWindow < 0 {

@@ -17,26 +17,42 @@ import (
 
 // EvidenceConfig holds the App's settings for evidence: where checkpoints are witnessed.
 type EvidenceConfig struct {
-	// Witnesses are file:PATH destinations (`serve --checkpoint-witness`): a file of JSON lines,
+	// Witnesses are `serve --checkpoint-witness` destinations: file:PATH (a file of JSON lines,
 	// or a directory of one file per checkpoint, kept where the stream's operator cannot
-	// rewrite it.
+	// rewrite it), or https://URL, a C2SP tlog-witness whose cosignatures are kept in
+	// DATA/witness/.
 	Witnesses []string
 }
 
 // sinkOptions are the sink options evidence needs: the Merkle tree recovery rebuilt (nil: the
 // checkpoints sign the chain head only) and the witnesses. The slice is clipped, so that each
 // sink appending its own options gets a fresh array.
-func (c *EvidenceConfig) sinkOptions(tree *decisionlog.Tree, log zerolog.Logger) []custodyjs.Option {
+//
+// The HTTP witnesses, when any, come back too: their sender is started by Run and stopped by
+// Close.
+func (c *EvidenceConfig) sinkOptions(tree *decisionlog.Tree, dataDir string, log zerolog.Logger) ([]custodyjs.Option, *httpWitnesses, error) {
 	var opts []custodyjs.Option
 	if tree != nil {
 		opts = append(opts, custodyjs.WithTree(tree))
 	}
 	var ws []fileWitness
+	var urls []string
 	for _, w := range c.Witnesses {
-		ws = append(ws, fileWitness{path: strings.TrimPrefix(w, "file:")})
+		if path, ok := strings.CutPrefix(w, "file:"); ok {
+			ws = append(ws, fileWitness{path: path})
+		} else {
+			urls = append(urls, w)
+		}
 	}
-	if len(ws) > 0 {
+	hw, err := newHTTPWitnesses(urls, dataDir, tree, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(ws) > 0 || hw != nil {
 		opts = append(opts, custodyjs.WithCheckpointHook(func(_ context.Context, cp *decisionlog.Checkpoint) {
+			if hw != nil {
+				hw.enqueue(cp)
+			}
 			for _, w := range ws {
 				if err := w.add(cp); err != nil {
 					// The checkpoint is on the stream; a witness that missed one weakens only
@@ -46,15 +62,21 @@ func (c *EvidenceConfig) sinkOptions(tree *decisionlog.Tree, log zerolog.Logger)
 			}
 		}))
 	}
-	return slices.Clip(opts)
+	return slices.Clip(opts), hw, nil
 }
 
 // Validate checks the evidence settings before anything starts.
 func (c *EvidenceConfig) Validate() error {
 	for _, w := range c.Witnesses {
+		if strings.HasPrefix(w, "http://") || strings.HasPrefix(w, "https://") {
+			if err := checkWitnessURL(w); err != nil {
+				return err
+			}
+			continue
+		}
 		path, ok := strings.CutPrefix(w, "file:")
 		if !ok || path == "" {
-			return configErrorf("--checkpoint-witness %q: want file:PATH", w)
+			return configErrorf("--checkpoint-witness %q: want file:PATH or https://URL", w)
 		}
 	}
 	return nil
