@@ -216,3 +216,6 @@ func newKey() ([]byte, error) {
 	}
 	return out, nil
 }
+
+// Type is the receipt's JOSE header typ.
+const Type = "custody-receipt+jwt"
