@@ -37,7 +37,7 @@ func TestReceiptVerifiesWithJWKS(t *testing.T) {
 		Subject: pdp.Entity{Type: "user", ID: "alice"}, Action: pdp.Action{Name: "send_email"},
 		Resource: pdp.Entity{Type: "mailbox", ID: "alice"}, Agent: &pdp.Agent{ID: "spiffe://a/mailer"},
 	}
-	tok, exp, err := iss.Sign(rec)
+	tok, exp, err := iss.Sign(rec, receipt.Binding{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,14 +74,14 @@ func TestReceiptVerifiesWithJWKS(t *testing.T) {
 	}
 	old := *rec
 	old.Timestamp = now.Add(-2 * time.Minute)
-	expired, _, err := iss.Sign(&old)
+	expired, _, err := iss.Sign(&old, receipt.Binding{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := jwt.Parse([]byte(expired), jwt.WithKeySet(set)); err == nil {
 		t.Error("expired receipt verified")
 	}
-	if _, _, err := iss.Sign(&decisionlog.Record{DecisionID: "d-2"}); err == nil {
+	if _, _, err := iss.Sign(&decisionlog.Record{DecisionID: "d-2"}, receipt.Binding{}); err == nil {
 		t.Error("a deny got a receipt")
 	}
 }
@@ -112,7 +112,7 @@ func BenchmarkSign(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := iss.Sign(rec); err != nil {
+		if _, _, err := iss.Sign(rec, receipt.Binding{}); err != nil {
 			b.Fatal(err)
 		}
 	}
