@@ -56,6 +56,7 @@ commands:
   evidence 'custody evidence CORRELATION-ID --out FILE': a provable extract; 'custody verify --evidence FILE' checks it offline
   correlate 'custody correlate --system-log FILE': join downstream system logs to decisions
   bundle   'custody bundle push FILE': roll a policy bundle out to every 'serve --bundle-source nats'
+  receipt  'custody receipt verify --jwks URL|FILE --call FILE RECEIPT': check a receipt against the call about to run
   mcp      an MCP gateway: every upstream tools/call goes through the PDP first
   keys     print the checkpoint verifier key; 'custody keys api-key NAME' makes an API key;
            'custody keys nats-creds --role bundle-pusher --out FILE' a credential for the embedded NATS
@@ -95,6 +96,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runMCP(ctx, rest, stdout, stderr)
 	case "keys":
 		return runKeys(rest, stdout, stderr)
+	case "receipt":
+		return runReceipt(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "custody", version())
 		return nil
