@@ -51,6 +51,10 @@ func (s *Server) authorize(c echo.Context) error {
 	if aerr != nil {
 		return aerr
 	}
+	aud, aerr := receiptAudience(c)
+	if aerr != nil {
+		return aerr
+	}
 	o := x.decideCall(nativeCall(ar), ar.User != nil)
 	if err := o.answerError(); err != nil {
 		return err
@@ -62,7 +66,7 @@ func (s *Server) authorize(c echo.Context) error {
 		Reasons:       o.rec.Reasons,
 		Obligations:   orEmpty(o.obligations),
 		Policy:        policyBody{Revision: o.rec.Policy.Revision},
-		Receipt:       s.receiptFor(c, o.rec),
+		Receipt:       s.receiptFor(c, o.rec, receiptCall{server: ar.Tool.Server, args: ar.Tool.Arguments, audience: aud}),
 	})
 }
 

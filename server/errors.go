@@ -26,6 +26,9 @@ const (
 	CodeIdentityMismatch       = "identity_mismatch"
 	CodeInternal               = "internal_error"
 	CodeUnverifiedDecision     = "unverified_decision"
+	// CodeReportNotAuthorized: an execution report from neither the decision's caller nor a
+	// holder of its receipt.
+	CodeReportNotAuthorized = "report_not_authorized"
 )
 
 // statusOf is the one table from error code to HTTP status.
@@ -45,6 +48,7 @@ var statusOf = map[string]int{
 	CodeIdentityMismatch:       http.StatusBadRequest,
 	CodeInternal:               http.StatusInternalServerError,
 	CodeUnverifiedDecision:     http.StatusConflict,
+	CodeReportNotAuthorized:    http.StatusForbidden,
 }
 
 // apiError is an error with a stable code, rendered as {"error":{"code","message"}}.

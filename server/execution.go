@@ -4,13 +4,16 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/lestrrat-go/jwx/v3/jwk"
 
 	"github.com/custodyhq/custody/decisionlog"
+	"github.com/custodyhq/custody/receipt"
 )
 
 // EndpointExecutions names the execution report endpoint in records.
@@ -21,6 +24,13 @@ const EndpointExecutions = "/v1/executions"
 // cover the last second of a busy instance, when most reports arrive; older decisions are
 // read from the stream (by correlation ID).
 const DefaultDecisionCacheSize = 2048
+
+// executionClockSkew is how far a reported time may lie after the report's arrival, or before
+// its decision, and still be a clock difference rather than a claim.
+const executionClockSkew = 5 * time.Second
+
+// maxReceiptLen bounds a receipt a report carries: custody's are well under 2 KiB.
+const maxReceiptLen = 8 << 10
 
 // DefaultExecutionWindow is how long after its decision an execution is still explained by it
 // when no receipt signer sets a shorter validity.
@@ -50,6 +60,9 @@ type executionRequest struct {
 	StartedAt     *time.Time                  `json:"started_at"`
 	FinishedAt    *time.Time                  `json:"finished_at"`
 	Error         string                      `json:"error"`
+	// Receipt is the decision's receipt, proof that the reporter was given the decision when it
+	// is not the caller that asked for it. The Custody-Receipt header works as well.
+	Receipt string `json:"receipt"`
 }
 
 // executionResponse is the answer of POST /v1/executions.
@@ -82,7 +95,78 @@ func (r *executionRequest) validate() *apiError {
 	if r.StartedAt != nil && r.FinishedAt != nil && r.FinishedAt.Before(*r.StartedAt) {
 		return errorf(CodeInvalidRequest, "finished_at is before started_at")
 	}
+	if len(r.Receipt) > maxReceiptLen {
+		return errorf(CodeInvalidRequest, fmt.Sprintf("receipt: longer than %d bytes", maxReceiptLen))
+	}
 	return nil
+}
+
+// checkTimes bounds the reported times by what custody knows: nothing happened after the
+// report arrived, nor before the decision that allowed it (nil when unknown).
+func checkTimes(r *executionRequest, dec *decisionlog.Record, arrival time.Time) *apiError {
+	for _, f := range []struct {
+		name string
+		t    *time.Time
+	}{{"started_at", r.StartedAt}, {"finished_at", r.FinishedAt}} {
+		switch {
+		case f.t == nil:
+		case f.t.After(arrival.Add(executionClockSkew)):
+			return errorf(CodeInvalidRequest, f.name+" is after the report's arrival: an execution cannot be reported before it happens")
+		case dec != nil && f.t.Before(dec.Timestamp.Add(-executionClockSkew)):
+			return errorf(CodeInvalidRequest, f.name+" is before the decision "+quoteField(dec.DecisionID)+" was made")
+		}
+	}
+	return nil
+}
+
+// mayReport says whether the reporter may file a report on dec: it holds dec's receipt (in the
+// body or the Custody-Receipt header, signed by this custody, naming dec, expired or not), or it
+// is the caller that asked for dec (same method and ID; two anonymous callers are alike, as
+// nothing tells them apart), or a client certificate proves it is dec's agent. Anyone else
+// would be framing dec's caller with an execution it never reported.
+func (s *Server) mayReport(c echo.Context, er *executionRequest, dec *decisionlog.Record, cl *caller) bool {
+	tok := er.Receipt
+	if tok == "" {
+		tok = c.Request().Header.Get(HeaderReceipt)
+	}
+	if tok != "" && len(tok) <= maxReceiptLen {
+		if keys := s.receiptKeys(); keys != nil {
+			if claims, err := receipt.VerifySignature(tok, keys); err == nil && claims.DecisionID == dec.DecisionID {
+				return true
+			}
+		}
+	}
+	ref := cl.ref()
+	switch {
+	case ref == nil || dec.Caller == nil:
+		return ref == nil && dec.Caller == nil
+	case ref.Method == dec.Caller.Method && ref.ID == dec.Caller.ID:
+		return true
+	}
+	return cl.workload != "" && dec.Agent != nil && cl.workload == dec.Agent.ID
+}
+
+// receiptKeys is the signer's public key set, parsed once; nil without receipts.
+func (s *Server) receiptKeys() jwk.Set {
+	if s.receipts == nil {
+		return nil
+	}
+	s.rkeys.once.Do(func() {
+		raw, err := s.receipts.JWKS()
+		if err == nil {
+			s.rkeys.set, err = jwk.Parse(raw)
+		}
+		if err != nil {
+			s.logger.Error().Err(err).Msg("receipt keys unreadable: execution reports need their decision's caller")
+		}
+	})
+	return s.rkeys.set
+}
+
+// receiptKeyCache holds the signer's public keys, parsed on first use.
+type receiptKeyCache struct {
+	once sync.Once
+	set  jwk.Set
 }
 
 func quoteField(s string) string {
@@ -123,13 +207,21 @@ func (s *Server) executions(c echo.Context) error {
 	if err != nil {
 		s.logger.Warn().Err(err).Str("decision_id", er.DecisionID).Msg("decision lookup failed; execution recorded as unknown_decision")
 	}
+	arrival := s.now().UTC()
+	if aerr := checkTimes(&er, dec, arrival); aerr != nil {
+		return aerr
+	}
+	if dec != nil && !s.mayReport(c, &er, dec, x.caller) {
+		s.logger.Warn().Str("decision_id", er.DecisionID).Str("caller", x.caller.id).Msg("execution report refused: not the decision's caller, and no receipt for it")
+		return errorf(CodeReportNotAuthorized, "an execution report on decision "+quoteField(er.DecisionID)+" needs its receipt (\"receipt\" or the Custody-Receipt header) or the credentials that asked for it")
+	}
 	meta := x.meta
 	if dec != nil {
 		// A report belongs to its decision's correlation, whatever the report or its headers say.
 		meta.correlationID = dec.CorrelationID
 		c.Response().Header().Set(HeaderCorrelationID, meta.correlationID)
 	}
-	rec := s.executionRecord(&er, dec, meta)
+	rec := s.executionRecord(&er, dec, meta, arrival)
 	rec.Caller = x.caller.ref()
 	if err := s.record(c, rec); err != nil {
 		err.denied = nil // not a decision: the report was not recorded and should be retried
@@ -146,9 +238,10 @@ func (s *Server) executions(c echo.Context) error {
 
 // executionRecord builds the custody.execution.v1 record of a report, linked to dec (nil when
 // the decision is unknown): correlation ID, subject, agent, action, resource and task are the
-// decision's.
-func (s *Server) executionRecord(er *executionRequest, dec *decisionlog.Record, m requestMeta) *decisionlog.Record {
-	now := s.now().UTC()
+// decision's. Whether the decision had expired is judged by arrival, custody's clock: the times
+// a report claims are kept as reported, but cannot move a late execution into the window.
+func (s *Server) executionRecord(er *executionRequest, dec *decisionlog.Record, m requestMeta, arrival time.Time) *decisionlog.Record {
+	now := arrival
 	rec := &decisionlog.Record{
 		Schema:        decisionlog.SchemaExecutionV1,
 		DecisionID:    er.DecisionID,
@@ -178,17 +271,10 @@ func (s *Server) executionRecord(er *executionRequest, dec *decisionlog.Record, 
 	rec.Allow, rec.Policy = dec.Allow, dec.Policy
 	allow := dec.Allow
 	rec.Execution.DecisionAllow = &allow
-	at := now
-	switch {
-	case rec.Execution.FinishedAt != nil:
-		at = *rec.Execution.FinishedAt
-	case rec.Execution.StartedAt != nil:
-		at = *rec.Execution.StartedAt
-	}
 	switch {
 	case !dec.Allow:
 		rec.Execution.Violation = decisionlog.ViolationExecutedAfterDeny
-	case at.After(dec.Timestamp.Add(s.executionWindow())):
+	case arrival.After(dec.Timestamp.Add(s.executionWindow())):
 		rec.Execution.Violation = decisionlog.ViolationDecisionExpired
 	}
 	return rec

@@ -68,6 +68,7 @@ type Server struct {
 
 	// Execution reports and receipts (execution.go, receipt.go).
 	receipts   ReceiptSigner
+	rkeys      receiptKeyCache
 	lookup     DecisionLookup
 	execWindow time.Duration
 	recent     *decisionCache

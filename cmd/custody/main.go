@@ -57,6 +57,7 @@ commands:
   unseal   'custody unseal DECISION-ID --identity FILE --reason TEXT': decrypt a sealed intent (serve --intent-vault); the unseal is recorded first
   correlate 'custody correlate --system-log FILE': join downstream system logs to decisions
   bundle   'custody bundle push FILE': roll a policy bundle out to every 'serve --bundle-source nats'
+  receipt  'custody receipt verify --jwks URL|FILE --call FILE RECEIPT': check a receipt against the call about to run
   mcp      an MCP gateway: every upstream tools/call goes through the PDP first
   keys     print the checkpoint verifier key; 'custody keys api-key NAME' makes an API key;
            'custody keys nats-creds --role bundle-pusher --out FILE' a credential for the embedded NATS
@@ -98,6 +99,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runMCP(ctx, rest, stdout, stderr)
 	case "keys":
 		return runKeys(rest, stdout, stderr)
+	case "receipt":
+		return runReceipt(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "custody", version())
 		return nil
