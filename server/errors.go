@@ -26,6 +26,13 @@ const (
 	CodeIdentityMismatch       = "identity_mismatch"
 	CodeInternal               = "internal_error"
 	CodeUnverifiedDecision     = "unverified_decision"
+	// Approvals (approval.go).
+	CodeServerControlledField = "server_controlled_field"
+	CodeApprovalInvalid       = "approval_invalid"
+	CodeApprovalClosed        = "approval_closed"
+	CodeNotApprover           = "not_approver"
+	CodeSelfApproval          = "self_approval"
+	CodeApprovalLinkInvalid   = "approval_link_invalid"
 )
 
 // statusOf is the one table from error code to HTTP status.
@@ -45,6 +52,12 @@ var statusOf = map[string]int{
 	CodeIdentityMismatch:       http.StatusBadRequest,
 	CodeInternal:               http.StatusInternalServerError,
 	CodeUnverifiedDecision:     http.StatusConflict,
+	CodeServerControlledField:  http.StatusBadRequest,
+	CodeApprovalInvalid:        http.StatusConflict,
+	CodeApprovalClosed:         http.StatusConflict,
+	CodeNotApprover:            http.StatusForbidden,
+	CodeSelfApproval:           http.StatusForbidden,
+	CodeApprovalLinkInvalid:    http.StatusForbidden,
 }
 
 // apiError is an error with a stable code, rendered as {"error":{"code","message"}}.

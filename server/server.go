@@ -72,6 +72,10 @@ type Server struct {
 	execWindow time.Duration
 	recent     *decisionCache
 
+	// Approvals (approval.go).
+	approvalCfg ApprovalConfig
+	approvals   *approvalStore
+
 	echo *echo.Echo
 }
 
@@ -131,6 +135,7 @@ func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.I
 	}
 	s.metrics = newMetrics(s.registry)
 	s.recent = newDecisionCache(DefaultDecisionCacheSize)
+	s.approvals = newApprovalStore(s.approvalCfg)
 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -148,6 +153,7 @@ func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.I
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	s.routePolicy(e)
+	s.routeApprovals(e)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})))
 	s.echo = e
 	return s
