@@ -63,6 +63,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PublicURL, "public-url", d.PublicURL, "base `url` the AuthZEN metadata names as policy_decision_point, such as https://pdp.example.com (default: as each client reached it)")
 	authFlags(fs, &c.Auth)
 	receiptFlags(fs, &c.Receipt)
+	approvalFlags(fs, &c.Approvals)
 	fs.Var((*stringList)(&c.Evidence.Witnesses), "checkpoint-witness", "also append each checkpoint to `file:PATH` (a file of JSON lines, or a directory of one file per checkpoint) kept where the stream's operator cannot rewrite it; repeatable; custody verify --witness reads it")
 }
 

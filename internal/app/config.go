@@ -96,6 +96,7 @@ type Config struct {
 	Auth               AuthConfig
 	Receipt            ReceiptConfig
 	Evidence           EvidenceConfig
+	Approvals          ApprovalsConfig
 }
 
 // DefaultConfig returns the settings `custody serve` runs with when given no flags.
