@@ -113,7 +113,6 @@ func printApproval(w io.Writer, v map[string]any) {
 		v["tool"], orDash(fmt.Sprint(orEmptyAny(v["server"]))), args, resource["type"], resource["id"])
 }
 
-
 func orEmptyAny(v any) any {
 	if v == nil {
 		return ""
