@@ -30,6 +30,7 @@ type Record struct {
 	Allow         bool           `json:"allow"`
 	Reasons       []string       `json:"reasons"`
 	Obligations   map[string]any `json:"obligations,omitempty"`
+	Approval      *Approval      `json:"approval,omitempty"`
 	Policy        PolicyRef      `json:"policy"`
 	Error         string         `json:"error,omitempty"`
 	EvalNS        int64          `json:"eval_ns"`

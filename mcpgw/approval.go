@@ -32,6 +32,7 @@ type approvalState struct {
 	Principal     string `json:"principal"`
 	DecisionID    string `json:"decision_id"`
 	CorrelationID string `json:"correlation_id"`
+	ApprovalID    string `json:"approval_id"`
 	Expires       int64  `json:"exp"`
 	Nonce         string `json:"nonce"`
 }
@@ -45,6 +46,61 @@ type approvals struct {
 
 	mu     sync.Mutex
 	issued map[string]time.Time // nonce -> expiry, for nonces not yet used
+	// waiting maps a call (pendingKey) to the out-of-band approval the PDP opened for it, so
+	// that the call, asked again once an approver answered, carries it.
+	waiting map[string]waitingApproval
+}
+
+type waitingApproval struct {
+	id      string
+	expires time.Time
+}
+
+// maxWaiting bounds the remembered out-of-band approvals.
+const maxWaiting = 1000
+
+// pendingKey names a call among the remembered approvals.
+func pendingKey(p Principal, server, tool string, args map[string]any) string {
+	return principalKey(p) + "|" + server + "/" + tool + "|" + argsHash(args)
+}
+
+// pending is the approval remembered for the call key, or "".
+func (a *approvals) pending(key string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	w, ok := a.waiting[key]
+	if !ok || a.now().After(w.expires) {
+		delete(a.waiting, key)
+		return ""
+	}
+	return w.id
+}
+
+// remember keeps the approval the PDP opened for the call key.
+func (a *approvals) remember(key, id string, expires time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.waiting == nil {
+		a.waiting = map[string]waitingApproval{}
+	}
+	if len(a.waiting) >= maxWaiting {
+		for k, w := range a.waiting {
+			if a.now().After(w.expires) {
+				delete(a.waiting, k)
+			}
+		}
+		if len(a.waiting) >= maxWaiting {
+			return // the call opens a new approval next time; nothing is lost but a retry
+		}
+	}
+	a.waiting[key] = waitingApproval{id: id, expires: expires}
+}
+
+// forget drops the approval remembered for the call key.
+func (a *approvals) forget(key string) {
+	a.mu.Lock()
+	delete(a.waiting, key)
+	a.mu.Unlock()
 }
 
 func newApprovals(ttl time.Duration, now func() time.Time) *approvals {

@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
 	"github.com/custodyhq/custody/identity"
+	"github.com/custodyhq/custody/server"
 )
 
 // Principal is on whose authority the gateway's client calls tools.
@@ -47,10 +49,10 @@ type Call struct {
 	Traceparent string
 	// Context is the policy's input.context.
 	Context map[string]any
-	// Approval, when set, is a human's answer to an approval request custody issued. The policy
-	// sees it as input.context.approval; since the record keeps no context, it is also sent as
-	// resource.properties.approval (resource {type tool, id <tool>}) so that the stream has it.
-	Approval map[string]any
+	// ApprovalID, when set, names the approval the call carries (the Custody-Approval-ID
+	// header): the PDP verifies it was granted for this very call and puts the evidence in
+	// input.approval. A caller never sends approval evidence itself.
+	ApprovalID string
 }
 
 // Decision is the PDP's answer to one call.
@@ -60,6 +62,37 @@ type Decision struct {
 	Allow         bool           `json:"allow"`
 	Reasons       []string       `json:"reasons"`
 	Obligations   map[string]any `json:"obligations"`
+	// Approval is the approval a require_approval decision opened, or the one the call carried.
+	Approval *ApprovalRef `json:"approval,omitempty"`
+}
+
+// ApprovalRef is the PDP's approval part of a decision.
+type ApprovalRef struct {
+	ID          string    `json:"approval_id"`
+	Status      string    `json:"status"`
+	ApprovedVia string    `json:"approved_via,omitempty"`
+	ExpiresAt   time.Time `json:"expires_at"`
+}
+
+// AcceptsElicitation reports whether the policy names mcp_elicitation among the approval
+// channels that count; a policy that names none judges input.approval itself.
+func (d Decision) AcceptsElicitation() bool {
+	channels, ok := d.Obligations["approval_channels"].([]any)
+	if !ok {
+		return true
+	}
+	for _, c := range channels {
+		if c == server.ApprovedViaElicitation {
+			return true
+		}
+	}
+	return false
+}
+
+// ElicitationRelay relays an MCP client's answer to a pending approval to the PDP, as the caller
+// that asked. *HTTPAuthorizer implements it.
+type ElicitationRelay interface {
+	RelayElicitation(ctx context.Context, p Principal, approvalID string, approve bool) error
 }
 
 // RequiresApproval reports whether the policy obliges the gateway to ask a human first.
@@ -112,17 +145,8 @@ func (a *HTTPAuthorizer) Authorize(ctx context.Context, p Principal, c Call) (De
 	if c.CorrelationID != "" {
 		body.CorrelationID = &c.CorrelationID
 	}
-	if c.Approval != nil {
-		ctx := make(map[string]any, len(c.Context)+1)
-		for k, v := range c.Context {
-			ctx[k] = v
-		}
-		ctx["approval"] = c.Approval
-		body.Context = ctx
-		body.Resource = &Entity{Type: "tool", ID: c.Tool, Properties: map[string]any{"approval": c.Approval}}
-	}
 	var d Decision
-	if err := a.post(ctx, "/v1/authorize", p, c.Traceparent, body, &d); err != nil {
+	if err := a.post(ctx, "/v1/authorize", p, c.Traceparent, c.ApprovalID, body, &d); err != nil {
 		return Decision{}, err
 	}
 	return d, nil
@@ -176,7 +200,7 @@ func (a *HTTPAuthorizer) Allowed(ctx context.Context, p Principal, calls []Call)
 			Decision bool `json:"decision"`
 		} `json:"evaluations"`
 	}
-	if err := a.post(ctx, "/access/v1/evaluations", p, calls[0].Traceparent, body, &out); err != nil {
+	if err := a.post(ctx, "/access/v1/evaluations", p, calls[0].Traceparent, "", body, &out); err != nil {
 		return nil, err
 	}
 	if len(out.Evaluations) != len(calls) {
@@ -189,7 +213,19 @@ func (a *HTTPAuthorizer) Allowed(ctx context.Context, p Principal, calls []Call)
 	return allowed, nil
 }
 
-func (a *HTTPAuthorizer) post(ctx context.Context, path string, p Principal, traceparent string, body, out any) error {
+// RelayElicitation answers approval approvalID with the MCP client's answer, via
+// mcp_elicitation, authenticated as the caller that asked.
+func (a *HTTPAuthorizer) RelayElicitation(ctx context.Context, p Principal, approvalID string, approve bool) error {
+	decision := "deny"
+	if approve {
+		decision = "approve"
+	}
+	var out map[string]any
+	return a.post(ctx, server.EndpointApprovals+"/"+url.PathEscape(approvalID), p, "", "",
+		map[string]string{"decision": decision, "via": server.ApprovedViaElicitation}, &out)
+}
+
+func (a *HTTPAuthorizer) post(ctx context.Context, path string, p Principal, traceparent, approvalID string, body, out any) error {
 	raw, err := json.Marshal(body)
 	if err != nil {
 		return fmt.Errorf("mcpgw: encode %s request: %w", path, err)
@@ -201,6 +237,9 @@ func (a *HTTPAuthorizer) post(ctx context.Context, path string, p Principal, tra
 	req.Header.Set("Content-Type", "application/json")
 	if traceparent != "" {
 		req.Header.Set("traceparent", traceparent)
+	}
+	if approvalID != "" {
+		req.Header.Set(server.HeaderApprovalID, approvalID)
 	}
 	switch {
 	case p.Token != "":

@@ -12,6 +12,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/rs/zerolog"
+
+	"github.com/custodyhq/custody/server"
 )
 
 // Keys custody sets in _meta: its own, under the reverse-DNS prefix dev.custody/.
@@ -333,7 +335,16 @@ func (g *Gateway) call(ctx context.Context, u *upstream, tool string, req *mcp.C
 	if params.RequestState != "" || len(params.InputResponses) > 0 {
 		return g.approved(ctx, u, tool, p, c, params, log)
 	}
+	// A call an out-of-band approver may have approved since it was last asked carries that
+	// approval; one the PDP no longer takes (used, declined, expired) is asked afresh.
+	key := pendingKey(p, u.name, tool, args)
+	c.ApprovalID = g.approvals.pending(key)
 	d, err := g.auth.Authorize(ctx, p, c)
+	if pe := (*PDPError)(nil); c.ApprovalID != "" && errors.As(err, &pe) && pe.Code == server.CodeApprovalInvalid {
+		g.approvals.forget(key)
+		c.ApprovalID = ""
+		d, err = g.auth.Authorize(ctx, p, c)
+	}
 	if err != nil {
 		log.Warn().Err(err).Msg("no decision; not forwarded")
 		return errorResult("denied by custody: no decision could be made (" + err.Error() + ")"), nil
@@ -344,9 +355,17 @@ func (g *Gateway) call(ctx context.Context, u *upstream, tool string, req *mcp.C
 		return denyResult("denied by custody", d), nil
 	}
 	if d.RequiresApproval() {
+		if d.Approval == nil || d.Approval.Status != "pending" || d.Approval.ID == "" {
+			return denyResult("denied by custody: approval required, and the PDP opened no approval to answer", d), nil
+		}
+		if !d.AcceptsElicitation() {
+			g.approvals.remember(key, d.Approval.ID, d.Approval.ExpiresAt)
+			log.Info().Str("approval_id", d.Approval.ID).Msg("approval required out of band")
+			return outOfBandResult(d), nil
+		}
 		state := g.approvals.issue(approvalState{
 			Tool: u.name + "/" + tool, ArgsSHA256: argsHash(args), Principal: principalKey(p),
-			DecisionID: d.DecisionID, CorrelationID: d.CorrelationID,
+			DecisionID: d.DecisionID, CorrelationID: d.CorrelationID, ApprovalID: d.Approval.ID,
 		})
 		log.Debug().Msg("asking for approval")
 		return &mcp.CallToolResult{
@@ -354,13 +373,16 @@ func (g *Gateway) call(ctx context.Context, u *upstream, tool string, req *mcp.C
 			RequestState:  state,
 		}, nil
 	}
+	g.approvals.forget(key)
 	return g.forward(ctx, u, tool, args, params.Meta, d)
 }
 
 // approved handles the retry of a call that carries an answer to an approval request. The
-// answer counts only with a state custody signed for this very call, principal and arguments,
-// not expired and not used before. The answer is decided and recorded as a second decision
-// under the same correlation ID, with the answer in Call.Approval.
+// answer counts only with a state the gateway signed for this very call, principal and
+// arguments, not expired and not used before. It is relayed to the PDP as an mcp_elicitation
+// answer to the approval the PDP opened (a record of its own), and the call is decided again
+// carrying that approval: the policy decides whether an elicitation answer counts (the default
+// policy: never for a high-risk tool).
 func (g *Gateway) approved(ctx context.Context, u *upstream, tool string, p Principal, c Call, params *mcp.CallToolParamsRaw, log zerolog.Logger) (*mcp.CallToolResult, error) {
 	action, approve := "", false
 	if r, ok := params.InputResponses[approvalInputID].(*mcp.ElicitResult); ok {
@@ -371,34 +393,34 @@ func (g *Gateway) approved(ctx context.Context, u *upstream, tool string, p Prin
 	st, rerr := g.approvals.redeem(params.RequestState, approvalState{
 		Tool: u.name + "/" + tool, ArgsSHA256: argsHash(c.Arguments), Principal: principalKey(p),
 	})
-	approval := map[string]any{
-		"state_sha256": stateHash(params.RequestState),
-		"action":       action,
-		"approved":     approve && rerr == nil,
-		"valid":        rerr == nil,
-	}
 	if rerr != nil {
-		approval["error"] = rerr.Error()
-	} else {
-		approval["request_decision_id"] = st.DecisionID
-		c.CorrelationID = st.CorrelationID
+		log.Warn().Err(rerr).Msg("approval refused")
+		return errorResult("denied by custody: " + rerr.Error()), nil
 	}
-	c.Approval = approval
-	d, err := g.auth.Authorize(ctx, p, c)
-	if err != nil {
+	relay, ok := g.auth.(ElicitationRelay)
+	if !ok {
+		return errorResult("denied by custody: this PDP takes no elicitation answers"), nil
+	}
+	if err := relay.RelayElicitation(ctx, p, st.ApprovalID, approve); err != nil {
 		log.Warn().Err(err).Msg("approval answer not recorded; not forwarded")
 		return errorResult("denied by custody: the approval could not be recorded (" + err.Error() + ")"), nil
 	}
+	if !approve {
+		log.Info().Str("action", action).Msg("approval declined")
+		return errorResult("not approved: the user answered " + orNone(action) + " (approval " + st.ApprovalID + ")"), nil
+	}
+	c.CorrelationID, c.ApprovalID = st.CorrelationID, st.ApprovalID
+	d, err := g.auth.Authorize(ctx, p, c)
+	if err != nil {
+		log.Warn().Err(err).Msg("approved call not decided; not forwarded")
+		return errorResult("denied by custody: no decision could be made (" + err.Error() + ")"), nil
+	}
 	log = log.With().Str("decision_id", d.DecisionID).Str("correlation_id", d.CorrelationID).Logger()
 	switch {
-	case rerr != nil:
-		log.Warn().Err(rerr).Msg("approval refused")
-		return denyResult("denied by custody: "+rerr.Error(), d), nil
 	case !d.Allow:
 		return denyResult("denied by custody", d), nil
-	case !approve:
-		log.Info().Str("action", action).Msg("approval declined")
-		return denyResult("not approved: the user answered "+orNone(action), d), nil
+	case d.RequiresApproval():
+		return outOfBandResult(d), nil
 	}
 	log.Info().Msg("approved")
 	return g.forward(ctx, u, tool, c.Arguments, params.Meta, d)
@@ -428,6 +450,19 @@ func (g *Gateway) forward(ctx context.Context, u *upstream, tool string, args ma
 	out.Meta[MetaDecisionID] = d.DecisionID
 	out.Meta[MetaCorrelationID] = d.CorrelationID
 	return &out, nil
+}
+
+// outOfBandResult tells the model that the call waits for an approver, and how one answers.
+func outOfBandResult(d Decision) *mcp.CallToolResult {
+	reason, _ := d.Obligations["approval_reason"].(string)
+	msg := "approval required (" + orNone(reason) + "): this call needs an approver's out-of-band approval"
+	if d.Approval != nil && d.Approval.Status == "pending" {
+		msg += fmt.Sprintf(": ask an approver to run `custody approve %s` (or to send you a signed approval link), then call the tool again with the same arguments before %s",
+			d.Approval.ID, d.Approval.ExpiresAt.Format(time.RFC3339))
+	} else {
+		msg += "; the answer given through this MCP client does not count for this tool: call the tool again to open an approval for an approver (`custody approve <approval-id>`)"
+	}
+	return errorResult(fmt.Sprintf("%s (decision %s, correlation %s)", msg, d.DecisionID, d.CorrelationID))
 }
 
 func approvalRequest(server, tool string, args map[string]any, d Decision) *mcp.ElicitParams {

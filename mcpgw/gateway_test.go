@@ -35,11 +35,15 @@ func (e *events) all() []string {
 	return slices.Clone(e.log)
 }
 
-// fakePDP allows read_file, denies write_file, and allows delete_file only with approval.
+// fakePDP allows read_file, denies write_file, and allows delete_file only with approval: the
+// first ask opens approval ap-1, which an elicitation answer relayed to it approves. With
+// outOfBand, its obligations name only out-of-band channels.
 type fakePDP struct {
-	ev *events
+	ev        *events
+	outOfBand bool
 
 	mu         sync.Mutex
+	approved   map[string]bool
 	n          int
 	calls      []mcpgw.Call
 	principals []mcpgw.Principal
@@ -50,7 +54,14 @@ func (f *fakePDP) decide(c mcpgw.Call) mcpgw.Decision {
 	case "read_file", "late_tool":
 		return mcpgw.Decision{Allow: true, Reasons: []string{"allowed"}, Obligations: map[string]any{}}
 	case "delete_file":
-		return mcpgw.Decision{Allow: true, Reasons: []string{"allowed"}, Obligations: map[string]any{"require_approval": true, "approval_reason": "high_risk_tool"}}
+		if c.ApprovalID != "" && f.approved[c.ApprovalID] {
+			return mcpgw.Decision{Allow: true, Reasons: []string{"allowed"}, Obligations: map[string]any{}, Approval: &mcpgw.ApprovalRef{ID: c.ApprovalID, Status: "used"}}
+		}
+		ob := map[string]any{"require_approval": true, "approval_reason": "high_risk_tool"}
+		if f.outOfBand {
+			ob["approval_channels"] = []any{"approver_cli", "signed_url"}
+		}
+		return mcpgw.Decision{Allow: true, Reasons: []string{"allowed"}, Obligations: ob, Approval: &mcpgw.ApprovalRef{ID: "ap-1", Status: "pending", ExpiresAt: time.Now().Add(time.Minute)}}
 	default:
 		return mcpgw.Decision{Allow: false, Reasons: []string{"agent_not_granted_scope", "user_lacks_scope"}, Obligations: map[string]any{}}
 	}
@@ -76,8 +87,31 @@ func (f *fakePDP) Authorize(_ context.Context, p mcpgw.Principal, c mcpgw.Call) 
 	return d, nil
 }
 
+func (f *fakePDP) RelayElicitation(_ context.Context, _ mcpgw.Principal, id string, approve bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.approved == nil {
+		f.approved = map[string]bool{}
+	}
+	f.approved[id] = approve
+	f.ev.add(fmt.Sprintf("relay %s %v", id, approve))
+	return nil
+}
+
+// approve stands for an out-of-band approver's answer.
+func (f *fakePDP) approve(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.approved == nil {
+		f.approved = map[string]bool{}
+	}
+	f.approved[id] = true
+}
+
 func (f *fakePDP) Allowed(_ context.Context, _ mcpgw.Principal, calls []mcpgw.Call) ([]bool, error) {
 	out := make([]bool, len(calls))
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	for i, c := range calls {
 		out[i] = f.decide(c).Allow
 	}
@@ -133,6 +167,15 @@ func (u *upstreamServer) lastMeta() mcp.Meta {
 // client session that negotiated version.
 func connect(t *testing.T, auth mcpgw.Authorizer, ups map[string]*upstreamServer, version string, opts *mcp.ClientOptions) (*mcp.ClientSession, *mcpgw.Gateway) {
 	t.Helper()
+	return connectAs(t, auth, ups, version, opts, mcpgw.Principal{
+		Agent: mcpgw.Entity{ID: "spiffe://acme.example/agents/researcher"},
+		User:  &mcpgw.Entity{ID: "alice@acme.example", Properties: map[string]any{"scopes": []string{"files.read"}}},
+	})
+}
+
+// connectAs is connect with the gateway acting for p.
+func connectAs(t *testing.T, auth mcpgw.Authorizer, ups map[string]*upstreamServer, version string, opts *mcp.ClientOptions, p mcpgw.Principal) (*mcp.ClientSession, *mcpgw.Gateway) {
+	t.Helper()
 	ctx := t.Context()
 	var list []mcpgw.Upstream
 	names := make([]string, 0, len(ups))
@@ -149,10 +192,7 @@ func connect(t *testing.T, auth mcpgw.Authorizer, ups map[string]*upstreamServer
 		t.Cleanup(func() { ss.Close() })
 		list = append(list, mcpgw.Upstream{Name: name, Transport: ct})
 	}
-	g := mcpgw.New(auth, mcpgw.WithPrincipal(mcpgw.StaticPrincipal(mcpgw.Principal{
-		Agent: mcpgw.Entity{ID: "spiffe://acme.example/agents/researcher"},
-		User:  &mcpgw.Entity{ID: "alice@acme.example", Properties: map[string]any{"scopes": []string{"files.read"}}},
-	})))
+	g := mcpgw.New(auth, mcpgw.WithPrincipal(mcpgw.StaticPrincipal(p)))
 	if err := g.Connect(ctx, list); err != nil {
 		t.Fatal(err)
 	}
@@ -300,18 +340,16 @@ func TestGatewayPerProtocolVersion(t *testing.T) {
 					if !strings.Contains(text(res), tc.want) || res.IsError == tc.forward {
 						t.Errorf("result = isError %v %q, want %q", res.IsError, text(res), tc.want)
 					}
-					want := []string{"decide delete_file dec-1", "decide delete_file dec-2"}
+					want := []string{"decide delete_file dec-1", fmt.Sprintf("relay ap-1 %v", tc.forward)}
 					if tc.forward {
-						want = append(want, "call delete_file dec-2")
+						want = append(want, "decide delete_file dec-2", "call delete_file dec-2")
 					}
 					if diff := cmp.Diff(want, ev.all()); diff != "" {
 						t.Errorf("events (-want +got):\n%s", diff)
 					}
 					calls := pdp.recorded()
-					approval := calls[1].Approval
-					if calls[1].CorrelationID != "4bf92f3577b34da6a3ce929d0e0e4736" || approval["action"] != tc.answer.Action ||
-						approval["approved"] != tc.forward || approval["valid"] != true || approval["request_decision_id"] != "dec-1" {
-						t.Errorf("answer recorded as %+v", calls[1])
+					if tc.forward && (calls[1].CorrelationID != "4bf92f3577b34da6a3ce929d0e0e4736" || calls[1].ApprovalID != "ap-1") {
+						t.Errorf("approved call asked as %+v, want the approval and the request's correlation ID", calls[1])
 					}
 				})
 			}
@@ -331,11 +369,45 @@ func TestGatewayPerProtocolVersion(t *testing.T) {
 				if !res.IsError || !strings.Contains(text(res), "approval state was not issued by custody") {
 					t.Errorf("result = isError %v %q", res.IsError, text(res))
 				}
-				if diff := cmp.Diff([]string{"decide delete_file dec-1"}, ev.all()); diff != "" {
+				// Nothing is relayed or decided on a forged state: no approval is claimed.
+				if diff := cmp.Diff([]string(nil), ev.all()); diff != "" {
 					t.Errorf("events (-want +got):\n%s", diff)
 				}
-				if approval := pdp.recorded()[0].Approval; approval["valid"] != false || approval["approved"] != false {
-					t.Errorf("forged answer recorded as %v", approval)
+			})
+
+			t.Run("out-of-band approval: the same call, asked again, carries it", func(t *testing.T) {
+				ev := &events{}
+				pdp := &fakePDP{ev: ev, outOfBand: true}
+				elicited := false
+				cs, _ := connect(t, pdp, map[string]*upstreamServer{"filesystem": newUpstream(ev, "delete_file")}, version, &mcp.ClientOptions{
+					ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+						elicited = true
+						return &mcp.ElicitResult{Action: "accept", Content: map[string]any{"approve": true}}, nil
+					},
+				})
+				call := func() *mcp.CallToolResult {
+					res, err := cs.CallTool(t.Context(), &mcp.CallToolParams{Name: "delete_file", Arguments: map[string]any{"path": "/tmp/a"}})
+					if err != nil {
+						t.Fatal(err)
+					}
+					return res
+				}
+				if res := call(); !res.IsError || !strings.Contains(text(res), "custody approve ap-1") {
+					t.Fatalf("first call: %q, want the out-of-band instructions", text(res))
+				}
+				if elicited {
+					t.Error("the client was asked although its answer does not count")
+				}
+				pdp.approve("ap-1")
+				if res := call(); res.IsError {
+					t.Fatalf("approved call: %q", text(res))
+				}
+				want := []string{"decide delete_file dec-1", "decide delete_file dec-2", "call delete_file dec-2"}
+				if diff := cmp.Diff(want, ev.all()); diff != "" {
+					t.Errorf("events (-want +got):\n%s", diff)
+				}
+				if c := pdp.recorded()[1]; c.ApprovalID != "ap-1" {
+					t.Errorf("second ask carried approval %q, want ap-1", c.ApprovalID)
 				}
 			})
 		})

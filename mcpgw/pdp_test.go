@@ -100,16 +100,27 @@ func realPDP(t *testing.T, fsys fs.FS) (*httptest.Server, *decisionlog.Memory) {
 	return api, log
 }
 
-// approvalPolicy allows everything, and delete_file only with a human's approval.
+// approvalPolicy allows everything, and delete_file only with an approval, which for this
+// policy may be an MCP client's elicitation answer (the convenience a policy may offer for
+// tools it deems low-risk; the default policy does not).
 const approvalPolicy = `package custody.authz
 
-decision := {"allow": true, "reasons": ["allowed"], "obligations": {"require_approval": true, "approval_reason": "high_risk_tool"}} if input.action.name == "delete_file"
+decision := {"allow": true, "reasons": ["allowed"], "obligations": {"require_approval": true, "approval_reason": "needs_a_yes"}} if {
+	input.action.name == "delete_file"
+	not input.approval.approved == true
+}
+
+decision := {"allow": true, "reasons": ["allowed"], "obligations": {}} if {
+	input.action.name == "delete_file"
+	input.approval.approved == true
+}
 
 decision := {"allow": true, "reasons": ["allowed"], "obligations": {}} if input.action.name != "delete_file"
 `
 
-// TestApprovalOnTheRealPDP: the human's answer is a second decision on the log under the
-// request's correlation ID, with the answer in the record, before the upstream runs.
+// TestApprovalOnTheRealPDP: the client's answer is relayed to the approval the PDP opened (a
+// record of its own, approved_via mcp_elicitation), and the retried call carries it; all three
+// records under the request's correlation ID, before the upstream runs.
 func TestApprovalOnTheRealPDP(t *testing.T) {
 	for _, version := range []string{"2025-11-25", "2026-07-28"} {
 		t.Run(version, func(t *testing.T) {
@@ -131,19 +142,28 @@ func TestApprovalOnTheRealPDP(t *testing.T) {
 				t.Fatalf("delete_file: %v %+v", err, res)
 			}
 			recs := log.Records()[listed:]
-			if len(recs) != 2 || recordsBefore != listed+2 {
-				t.Fatalf("%d records, %d before the upstream ran; want both before", len(recs), recordsBefore-listed)
+			if len(recs) != 3 || recordsBefore != listed+3 {
+				t.Fatalf("%d records, %d before the upstream ran; want all three before", len(recs), recordsBefore-listed)
 			}
-			ask, answer := recs[0], recs[1]
-			if ask.CorrelationID != "4bf92f3577b34da6a3ce929d0e0e4736" || answer.CorrelationID != ask.CorrelationID {
-				t.Errorf("correlation IDs %q and %q, want both the trace ID", ask.CorrelationID, answer.CorrelationID)
+			ask, answer, retry := recs[0], recs[1], recs[2]
+			for _, r := range recs {
+				if r.CorrelationID != "4bf92f3577b34da6a3ce929d0e0e4736" {
+					t.Errorf("%s record correlation %q, want the trace ID", r.Endpoint, r.CorrelationID)
+				}
 			}
-			approval, _ := answer.Resource.Properties["approval"].(map[string]any)
-			if approval["action"] != "accept" || approval["approved"] != true || approval["valid"] != true || approval["request_decision_id"] != ask.DecisionID {
-				t.Errorf("answer record resource = %+v", answer.Resource)
+			id := ask.Approval.ID
+			if ask.Approval.Status != "pending" || answer.Endpoint != server.EndpointApprovals || !answer.Allow ||
+				answer.Approval.ApprovedVia != "mcp_elicitation" || answer.Approval.ID != id || answer.Approval.RequestDecisionID != ask.DecisionID {
+				t.Errorf("ask %+v, answer %+v", ask.Approval, answer.Approval)
 			}
-			if res.Meta[mcpgw.MetaDecisionID] != answer.DecisionID {
-				t.Errorf("result decision %v, want the answer's %s", res.Meta[mcpgw.MetaDecisionID], answer.DecisionID)
+			if retry.Approval == nil || retry.Approval.ID != id || retry.Approval.Status != "used" || retry.Approval.ApprovedVia != "mcp_elicitation" || len(retry.Obligations) != 0 {
+				t.Errorf("retried call record = %+v %+v", retry.Approval, retry.Obligations)
+			}
+			if _, ok := retry.Resource.Properties["approval"]; ok {
+				t.Errorf("the gateway sent approval evidence itself: %+v", retry.Resource)
+			}
+			if res.Meta[mcpgw.MetaDecisionID] != retry.DecisionID {
+				t.Errorf("result decision %v, want the retry's %s", res.Meta[mcpgw.MetaDecisionID], retry.DecisionID)
 			}
 		})
 	}

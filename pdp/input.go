@@ -63,6 +63,9 @@ type Input struct {
 	Delegation    Delegation     `json:"delegation"`
 	Task          *Task          `json:"task,omitempty"`
 	CorrelationID string         `json:"correlation_id,omitempty"`
+	// Approval is approval evidence the server verified (server/approval.go): a caller cannot
+	// send it, so a policy may trust input.approval. Nil when the call carries none.
+	Approval map[string]any `json:"approval,omitempty"`
 }
 
 // Value returns the input as plain JSON-shaped Go values, the form OPA converts without a
@@ -89,6 +92,9 @@ func (in *Input) Value() map[string]any {
 	}
 	if in.CorrelationID != "" {
 		v["correlation_id"] = in.CorrelationID
+	}
+	if in.Approval != nil {
+		v["approval"] = in.Approval
 	}
 	return v
 }
@@ -196,6 +202,13 @@ func (in *Input) AST() (ast.Value, error) {
 	}
 	if in.CorrelationID != "" {
 		obj.Insert(ast.InternedTerm("correlation_id"), ast.StringTerm(in.CorrelationID))
+	}
+	if in.Approval != nil {
+		v, err := ast.InterfaceToValue(in.Approval)
+		if err != nil {
+			return nil, err
+		}
+		obj.Insert(ast.InternedTerm("approval"), ast.NewTerm(v))
 	}
 	return obj, nil
 }

@@ -36,7 +36,7 @@ func TestMemoKeysOnWhatThePolicyReads(t *testing.T) {
 	}
 	want := []string{
 		"input.action.name", "input.action.properties.server", "input.agent.id",
-		"input.delegation.verified", "input.resource.properties.owner", "input.subject.id",
+		"input.approval.approved", "input.approval.approved_via", "input.delegation.verified", "input.resource.properties.owner", "input.subject.id",
 		"input.subject.properties.roles", "input.subject.properties.scopes",
 		"type of input", "type of input.action", "type of input.action.properties",
 		"type of input.agent", "type of input.agent.properties", "type of input.resource",

@@ -44,10 +44,40 @@ reasons := ["allowed"] if {
 default obligations := {}
 
 # High-risk tools are never allowed outright: the PDP hands the enforcement
-# point an obligation to get a human's approval before the call goes through.
-obligations := {"require_approval": true, "approval_reason": "high_risk_tool"} if {
+# point an obligation to get a human's approval before the call goes through,
+# and names the approval channels that count. Once an approval that counts is
+# in the input, the retried call is allowed without the obligation.
+obligations := {
+	"require_approval": true,
+	"approval_reason": "high_risk_tool",
+	"approval_channels": approval_channels,
+} if {
 	allow
 	tool.risk == "high"
+	not approved
+}
+
+# ---------------------------------------------------------------------------
+# Approvals
+# ---------------------------------------------------------------------------
+
+# The approval channels that lift a high-risk tool's obligation: an approver
+# with an approver key (`custody approve`) or a signed approval link. Not
+# mcp_elicitation: that is the agent's own MCP client saying yes, which proves
+# no human, so it never approves transfer_funds, delete_file or any other
+# high-risk tool.
+approval_channels := ["approver_cli", "signed_url"]
+
+# The call carries approval evidence that counts. Only the PDP sets
+# input.approval, and only after verifying that an approval was granted for
+# this very call (subject, agent, tool, server, arguments, resource) and not
+# used before: what a caller sends (resource.properties.approval,
+# context.approval) is refused by the server and never read here.
+approved if {
+	input.approval.approved == true
+	via := input.approval.approved_via
+	is_string(via)
+	via in approval_channels
 }
 
 # ---------------------------------------------------------------------------

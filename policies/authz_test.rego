@@ -149,7 +149,7 @@ test_allow_minimal_request if {
 # High risk: allowed only with an approval obligation
 # ---------------------------------------------------------------------------
 
-approval := {"require_approval": true, "approval_reason": "high_risk_tool"}
+approval := {"require_approval": true, "approval_reason": "high_risk_tool", "approval_channels": ["approver_cli", "signed_url"]}
 
 test_high_risk_transfer_requires_approval if {
 	req := with_field(call(ops, "transfer_funds", "payments"), "/resource", {"type": "tool", "id": "transfer_funds"})

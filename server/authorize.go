@@ -26,6 +26,9 @@ type authorizeResponse struct {
 	Policy        policyBody     `json:"policy"`
 	// Receipt is the signed receipt of an allow, also in the Custody-Receipt header.
 	Receipt string `json:"receipt,omitempty"`
+	// Approval is the approval a require_approval allow opened (its ID, to retry with in
+	// Custody-Approval-ID once approved), or the approval the call carried.
+	Approval *decisionlog.Approval `json:"approval,omitempty"`
 }
 
 type policyBody struct {
@@ -67,6 +70,7 @@ func (s *Server) authorize(c echo.Context) error {
 		Obligations:   orEmpty(o.obligations),
 		Policy:        policyBody{Revision: o.rec.Policy.Revision},
 		Receipt:       s.receiptFor(c, o.rec, receiptCall{server: ar.Tool.Server, args: ar.Tool.Arguments, audience: aud}),
+		Approval:      o.rec.Approval,
 	})
 }
 

@@ -29,6 +29,13 @@ const (
 	// CodeReportNotAuthorized: an execution report from neither the decision's caller nor a
 	// holder of its receipt.
 	CodeReportNotAuthorized = "report_not_authorized"
+	// Approvals (approval.go).
+	CodeServerControlledField = "server_controlled_field"
+	CodeApprovalInvalid       = "approval_invalid"
+	CodeApprovalClosed        = "approval_closed"
+	CodeNotApprover           = "not_approver"
+	CodeSelfApproval          = "self_approval"
+	CodeApprovalLinkInvalid   = "approval_link_invalid"
 )
 
 // statusOf is the one table from error code to HTTP status.
@@ -49,6 +56,12 @@ var statusOf = map[string]int{
 	CodeInternal:               http.StatusInternalServerError,
 	CodeUnverifiedDecision:     http.StatusConflict,
 	CodeReportNotAuthorized:    http.StatusForbidden,
+	CodeServerControlledField:  http.StatusBadRequest,
+	CodeApprovalInvalid:        http.StatusConflict,
+	CodeApprovalClosed:         http.StatusConflict,
+	CodeNotApprover:            http.StatusForbidden,
+	CodeSelfApproval:           http.StatusForbidden,
+	CodeApprovalLinkInvalid:    http.StatusForbidden,
 }
 
 // apiError is an error with a stable code, rendered as {"error":{"code","message"}}.

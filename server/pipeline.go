@@ -108,13 +108,20 @@ func (x *exchange) decideInput(in *pdp.Input, bodyUser bool, m requestMeta, inte
 	if err := applyIdentity(in, x.caller, bodyUser); err != nil {
 		return x.refuse(in, err, m)
 	}
+	// Approval evidence is verified here and only here (approval.go).
+	approval, aerr := x.approvalEvidence(in)
+	if aerr != nil {
+		return x.refuse(in, aerr, m)
+	}
 	rec, d := x.s.decide(x.c, x.endpoint, in, m)
 	rec.Caller = x.caller.ref()
+	x.openApproval(rec, d.Obligations, in, approval)
 	o := &outcome{rec: rec, obligations: d.Obligations}
 	if d.Err != nil {
 		o.err = &itemError{Status: http.StatusInternalServerError, Code: pdp.ReasonPolicyError, Message: "the policy could not be evaluated, so the decision is a deny"}
 	}
 	if serr := x.s.sealIntent(x.c, rec, intent); serr != nil {
+		x.s.forgetApproval(rec)
 		if serr.denied == nil {
 			o.recordErr = serr // not even the deny could be recorded
 		} else {
@@ -123,7 +130,9 @@ func (x *exchange) decideInput(in *pdp.Input, bodyUser bool, m requestMeta, inte
 		}
 		return o
 	}
-	o.recordErr = x.s.record(x.c, rec)
+	if o.recordErr = x.s.record(x.c, rec); o.recordErr != nil {
+		x.s.forgetApproval(rec)
+	}
 	return o
 }
 

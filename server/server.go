@@ -74,6 +74,9 @@ type Server struct {
 	recent     *decisionCache
 
 	vault IntentVault // the intent vault (unseal.go), when serve runs with --intent-vault
+	// Approvals (approval.go).
+	approvalCfg ApprovalConfig
+	approvals   *approvalStore
 
 	echo *echo.Echo
 }
@@ -134,6 +137,7 @@ func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.I
 	}
 	s.metrics = newMetrics(s.registry)
 	s.recent = newDecisionCache(DefaultDecisionCacheSize)
+	s.approvals = newApprovalStore(s.approvalCfg)
 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -152,6 +156,7 @@ func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.I
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	s.routePolicy(e)
+	s.routeApprovals(e)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})))
 	s.echo = e
 	return s

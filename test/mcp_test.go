@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/custodyhq/custody/decisionlog"
+	"github.com/custodyhq/custody/identity"
 	"github.com/custodyhq/custody/internal/natstest"
 	"github.com/custodyhq/custody/internal/tokentest"
 )
@@ -83,8 +85,10 @@ func TestMCPGateway(t *testing.T) {
 }
 
 // TestMCPGatewayTokenAndApproval: over stdio with --token-file, the PDP verifies the delegation
-// token, so the high-risk delete_file is allowed with the obligation to ask the human; the
-// approval goes through elicitation and is recorded under the same correlation ID.
+// token, so the high-risk delete_file is allowed with the obligation of an out-of-band approval.
+// The client's own elicitation answer does not count: the call is not forwarded until an
+// approver runs `custody approve`, after which the same call goes through; every step is a
+// record under the same correlation ID.
 func TestMCPGatewayTokenAndApproval(t *testing.T) {
 	up := mcpUpstream(t)
 	issuer := tokentest.NewIssuer(t, idp)
@@ -97,9 +101,20 @@ func TestMCPGatewayTokenAndApproval(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	approverKey, line, err := identity.NewAPIKey("carol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	approvers, keyFile := filepath.Join(dir, "approvers.txt"), filepath.Join(dir, "carol.key")
+	if err := os.WriteFile(approvers, []byte(line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, []byte(approverKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, transport := range []string{"stdio", "http"} {
 		t.Run(transport, func(t *testing.T) {
-			c := startCustody(t, "", "--issuer", idp, "--jwks", jwks, "--audience", audience, "--require-auth")
+			c := startCustody(t, "", "--issuer", idp, "--jwks", jwks, "--audience", audience, "--require-auth", "--approver-keys-file", approvers)
 			var asked []string
 			client := mcp.NewClient(&mcp.Implementation{Name: "e2e", Version: "1"}, &mcp.ClientOptions{
 				ElicitationHandler: func(_ context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
@@ -130,33 +145,63 @@ func TestMCPGatewayTokenAndApproval(t *testing.T) {
 			if !slices.Equal(names, []string{"delete_file", "read_file", "write_file"}) {
 				t.Errorf("tools = %v", names)
 			}
-			res, err := cs.CallTool(t.Context(), &mcp.CallToolParams{Name: "delete_file", Arguments: map[string]any{"path": "/tmp/x/a"},
-				Meta: mcp.Meta{"traceparent": "00-" + mcpTraceID + "-b7ad6b7169203331-01"}})
-			if err != nil || res.IsError {
-				t.Fatalf("delete_file: %v %+v", err, res)
+			call := func() *mcp.CallToolResult {
+				res, err := cs.CallTool(t.Context(), &mcp.CallToolParams{Name: "delete_file", Arguments: map[string]any{"path": "/tmp/x/a"},
+					Meta: mcp.Meta{"traceparent": "00-" + mcpTraceID + "-b7ad6b7169203331-01"}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res
 			}
-			if len(asked) != 1 {
-				t.Errorf("asked %d times, want once", len(asked))
+			res := call()
+			id := regexp.MustCompile(`custody approve (ap_[0-9a-f]+)`).FindStringSubmatch(mcpText(res))
+			if !res.IsError || id == nil {
+				t.Fatalf("unapproved delete_file: %+v, want the out-of-band instructions", res)
 			}
-			var calls []decisionlog.Record
+			if len(asked) != 0 {
+				t.Errorf("the client was asked %d times; its answer does not count for delete_file", len(asked))
+			}
+			var out strings.Builder
+			cmd := exec.Command(binary, "approve", id[1], "--pdp-url", c.HTTP, "--approver-key-file", keyFile)
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Run(); err != nil || !strings.Contains(out.String(), "delete_file") || !strings.Contains(out.String(), "approved by carol") {
+				t.Fatalf("custody approve: %v\n%s", err, out.String())
+			}
+			if res := call(); res.IsError {
+				t.Fatalf("approved delete_file: %+v", res)
+			}
+			var recs []decisionlog.Record
 			for _, m := range readStream(t, c.NATS) {
-				if m.Record.Endpoint == "/v1/authorize" {
-					calls = append(calls, m.Record)
+				if m.Record.Endpoint == "/v1/authorize" || m.Record.Endpoint == "/v1/approvals" {
+					recs = append(recs, m.Record)
 				}
 			}
-			if len(calls) != 2 {
-				t.Fatalf("%d /v1/authorize records, want the request and the answer", len(calls))
+			if len(recs) != 3 {
+				t.Fatalf("%d records, want the request, the approval and the approved call", len(recs))
 			}
-			for _, r := range calls {
-				if !r.Allow || r.CorrelationID != mcpTraceID || !r.Delegation.Verified || r.Subject.ID != "alice@acme.example" || r.AgentID() != ops {
-					t.Errorf("record %+v, want a verified allow of alice via ops under the trace ID", r)
+			for _, r := range recs {
+				if !r.Allow || r.CorrelationID != mcpTraceID || !r.Delegation.Verified || r.Subject.ID != "alice@acme.example" || r.AgentID() != ops || r.Approval == nil || r.Approval.ID != id[1] {
+					t.Errorf("record %+v, want a verified allow of alice via ops under the trace ID with approval %s", r, id[1])
 				}
 			}
-			if a, _ := calls[1].Resource.Properties["approval"].(map[string]any); a["approved"] != true || a["request_decision_id"] != calls[0].DecisionID {
-				t.Errorf("answer record resource %+v", calls[1].Resource)
+			if a := recs[1].Approval; recs[1].Endpoint != "/v1/approvals" || a.Approver != "carol" || a.ApprovedVia != "approver_cli" {
+				t.Errorf("approval record %+v", a)
+			}
+			if a := recs[2].Approval; a.Status != "used" || a.ApprovedVia != "approver_cli" || len(recs[2].Obligations) != 0 {
+				t.Errorf("approved call record %+v %+v", a, recs[2].Obligations)
 			}
 		})
 	}
+}
+
+func mcpText(res *mcp.CallToolResult) string {
+	var b strings.Builder
+	for _, c := range res.Content {
+		if tc, ok := c.(*mcp.TextContent); ok {
+			b.WriteString(tc.Text)
+		}
+	}
+	return b.String()
 }
 
 type bearerTransport struct{ token string }

@@ -61,6 +61,7 @@ commands:
   mcp      an MCP gateway: every upstream tools/call goes through the PDP first
   keys     print the checkpoint verifier key; 'custody keys api-key NAME' makes an API key;
            'custody keys nats-creds --role bundle-pusher --out FILE' a credential for the embedded NATS
+  approve  answer a pending approval as an approver: 'custody approve <approval-id> --approver-key-file FILE'
   version  print the version
 
 Run 'custody <command> -h' for a command's flags.
@@ -101,6 +102,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runKeys(rest, stdout, stderr)
 	case "receipt":
 		return runReceipt(ctx, rest, stdout, stderr)
+	case "approve":
+		return runApprove(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "custody", version())
 		return nil

@@ -66,6 +66,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PublicURL, "public-url", d.PublicURL, "base `url` the AuthZEN metadata names as policy_decision_point, such as https://pdp.example.com (default: as each client reached it)")
 	authFlags(fs, &c.Auth)
 	receiptFlags(fs, &c.Receipt)
+	approvalFlags(fs, &c.Approvals)
 	fs.Var((*stringList)(&c.Evidence.Witnesses), "checkpoint-witness", "also append each checkpoint to `file:PATH` (a file of JSON lines, or a directory of one file per checkpoint) kept where the stream's operator cannot rewrite it, or send it to a C2SP tlog-witness at https://URL and keep its cosignatures in DATA/witness/; repeatable; custody verify --witness reads either")
 	fs.Var((*stringList)(&c.Vault.Recipients), "intent-vault", "seal each task's intent to this age X25519 `recipient` (age1...) or @file of them, one a line, into the CUSTODY_VAULT stream; repeatable; unseal with custody unseal (default: intents are only hashed, never kept)")
 	fs.DurationVar(&c.Vault.Retention, "intent-vault-retention", d.Vault.Retention, "how long CUSTODY_VAULT keeps sealed intents; 0 keeps them forever")

@@ -204,6 +204,11 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *App, err error) {
 		return nil, err
 	}
 	authOpts = append(authOpts, vaultOpts...)
+	approvalOpts, err := approvalOptions(cfg.Approvals)
+	if err != nil {
+		return nil, err
+	}
+	authOpts = append(authOpts, approvalOpts...)
 	reg := prometheus.NewRegistry()
 	a.rec.register(reg)
 	a.rec.publisher = a.guard.Publisher(a.rec.publisher)

@@ -99,6 +99,7 @@ type Config struct {
 	Receipt            ReceiptConfig
 	Evidence           EvidenceConfig
 	Vault              VaultConfig
+	Approvals          ApprovalsConfig
 }
 
 // DefaultConfig returns the settings `custody serve` runs with when given no flags.
