@@ -39,6 +39,22 @@ type Task struct {
 	IntentSHA256 string `json:"intent_sha256,omitempty"`
 }
 
+// Caller is who called custody, as authentication proved it (input.caller): Kind is one of
+// CallerAnonymous, CallerAPIKey, CallerMTLS or CallerToken, and ID the API key's name, the
+// SPIFFE ID or the token's subject ("" when anonymous). A body can never set it.
+type Caller struct {
+	Kind string `json:"kind"`
+	ID   string `json:"id"`
+}
+
+// Kinds of Caller.
+const (
+	CallerAnonymous = "anonymous"
+	CallerAPIKey    = "api_key"
+	CallerMTLS      = "mtls"
+	CallerToken     = "token"
+)
+
 // Input is what a policy sees as `input`: AuthZEN's four entities plus the agent envelope.
 // Every endpoint builds this same shape.
 type Input struct {
@@ -50,6 +66,7 @@ type Input struct {
 	Delegation    Delegation     `json:"delegation"`
 	Task          *Task          `json:"task,omitempty"`
 	CorrelationID string         `json:"correlation_id,omitempty"`
+	Caller        *Caller        `json:"caller,omitempty"`
 }
 
 // Value returns the input as plain JSON-shaped Go values, the form OPA converts without a
@@ -76,6 +93,9 @@ func (in *Input) Value() map[string]any {
 	}
 	if in.CorrelationID != "" {
 		v["correlation_id"] = in.CorrelationID
+	}
+	if in.Caller != nil {
+		v["caller"] = map[string]any{"kind": in.Caller.Kind, "id": in.Caller.ID}
 	}
 	return v
 }
@@ -183,6 +203,12 @@ func (in *Input) AST() (ast.Value, error) {
 	}
 	if in.CorrelationID != "" {
 		obj.Insert(ast.InternedTerm("correlation_id"), ast.StringTerm(in.CorrelationID))
+	}
+	if in.Caller != nil {
+		obj.Insert(ast.InternedTerm("caller"), ast.ObjectTerm(
+			ast.Item(ast.InternedTerm("kind"), ast.StringTerm(in.Caller.Kind)),
+			ast.Item(ast.InternedTerm("id"), ast.StringTerm(in.Caller.ID)),
+		))
 	}
 	return obj, nil
 }

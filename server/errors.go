@@ -26,6 +26,10 @@ const (
 	CodeIdentityMismatch       = "identity_mismatch"
 	CodeInternal               = "internal_error"
 	CodeUnverifiedDecision     = "unverified_decision"
+	// CodeSubjectNotAllowed: a valid token names a subject or actor its issuer may not vouch for.
+	CodeSubjectNotAllowed = "subject_not_allowed"
+	// CodeMisdirectedRequest: the Host header names neither this server nor its public URL.
+	CodeMisdirectedRequest = "misdirected_request"
 )
 
 // statusOf is the one table from error code to HTTP status.
@@ -45,6 +49,8 @@ var statusOf = map[string]int{
 	CodeIdentityMismatch:       http.StatusBadRequest,
 	CodeInternal:               http.StatusInternalServerError,
 	CodeUnverifiedDecision:     http.StatusConflict,
+	CodeSubjectNotAllowed:      http.StatusForbidden,
+	CodeMisdirectedRequest:     http.StatusMisdirectedRequest,
 }
 
 // apiError is an error with a stable code, rendered as {"error":{"code","message"}}.
