@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"regexp"
 	"strings"
 )
 
@@ -29,19 +30,48 @@ func (h *IntentHasher) Sum(intent string) string {
 // Masked replaces the value of a sensitive key in a record.
 const Masked = "[masked]"
 
-// sensitiveKeyParts mark keys whose values are secrets. Matching is on normalised key names
-// (lower case, without "-" and "_"), by substring, erring on the side of masking.
+// sensitiveKeyParts mark keys whose values are secrets. They are matched by substring against the
+// normalised key (lower case, without separators), erring on the side of masking: only names
+// no ordinary word contains belong here.
 var sensitiveKeyParts = []string{
-	"password", "passwd", "secret", "token", "apikey", "authorization", "cookie",
-	"credential", "privatekey", "clientsecret", "sessionkey", "accesskey", "prompt", "intent",
+	"password", "passwd", "pwd", "passphrase", "passcode", "secret", "token", "apikey", "authorization",
+	"bearer", "jwt", "cookie", "credential", "privatekey", "privkey", "clientsecret", "sessionkey",
+	"accesskey", "signingkey", "encryptionkey", "masterkey", "mnemonic", "seedphrase",
+	"connectionstring", "prompt", "intent",
 }
 
-// keySeparators is built once: a Replacer per call cost more than the rest of masking.
-var keySeparators = strings.NewReplacer("-", "", "_", "", " ", "")
+// sensitiveKeyWords mark keys that hold a secret when one of the key's words is exactly one of
+// these: as substrings they would mask ordinary fields ("pinned", "author", "footprint").
+var sensitiveKeyWords = []string{"auth", "pin", "otp", "totp", "hotp", "creds", "dsn"}
 
-// SensitiveKey reports whether a value stored under key must be masked before recording.
+// maxKeyBytes bounds the normalised key built on the stack; longer keys are matched on a prefix
+// of that length, which still holds any sensitive part of a name a person would write.
+const maxKeyBytes = 128
+
+// SensitiveKey reports whether a value stored under key must be masked before recording. The key
+// is normalised first: case is ignored, "_", "-", "." and spaces separate words, and so does
+// camelCase ("apiKey", "API.KEY" and "api_key" are one name; "userPin" holds the word "pin").
 func SensitiveKey(key string) bool {
-	k := strings.ToLower(keySeparators.Replace(key))
+	var buf [maxKeyBytes]byte
+	joined := buf[:0]
+	sensitive := false
+	forEachKeyWord(key, func(w string) {
+		if !sensitive {
+			for _, sw := range sensitiveKeyWords {
+				if strings.EqualFold(w, sw) {
+					sensitive = true
+					break
+				}
+			}
+		}
+		for i := 0; i < len(w) && len(joined) < maxKeyBytes; i++ {
+			joined = append(joined, lowerASCII(w[i]))
+		}
+	})
+	if sensitive {
+		return true
+	}
+	k := string(joined) // one small allocation, only for keys that reach here
 	for _, p := range sensitiveKeyParts {
 		if strings.Contains(k, p) {
 			return true
@@ -50,8 +80,123 @@ func SensitiveKey(key string) bool {
 	return false
 }
 
-// MaskValue returns a copy of v, a JSON-shaped value, with every value under a sensitive key
-// replaced by Masked. The input is not modified, since the policy still sees the original.
+// forEachKeyWord calls f with each word of key, a substring of it: words are separated by any
+// byte that is not an ASCII letter or digit, by a lower-case letter or digit followed by an
+// upper-case one ("apiKey"), and by the last capital of a run followed by a lower-case letter
+// ("APIKey" is "API", "Key").
+func forEachKeyWord(key string, f func(string)) {
+	start := -1
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if !isAlnum(c) {
+			if start >= 0 {
+				f(key[start:i])
+				start = -1
+			}
+			continue
+		}
+		if start >= 0 && isUpper(c) {
+			prev := key[i-1]
+			if !isUpper(prev) || (i+1 < len(key) && isLower(key[i+1])) {
+				f(key[start:i])
+				start = i
+			}
+		}
+		if start < 0 {
+			start = i
+		}
+	}
+	if start >= 0 {
+		f(key[start:])
+	}
+}
+
+func isUpper(c byte) bool { return 'A' <= c && c <= 'Z' }
+func isLower(c byte) bool { return 'a' <= c && c <= 'z' }
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+func isAlnum(c byte) bool { return isUpper(c) || isLower(c) || isDigit(c) || c >= 0x80 }
+
+func lowerASCII(c byte) byte {
+	if isUpper(c) {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// secretMarkers are literals one of which every secretValueRE match contains: scanning for
+// them is far cheaper than running the expression over every long argument.
+var secretMarkers = []string{
+	"eyJ", "earer", "EARER", "sk-", "sk_", "rk-", "rk_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
+	"github_pat_", "xox", "xapp-", "glpat-", "AKIA", "AIza", "cust_", "npm_", "hf_", "pypi-",
+	"PRIVATE KEY",
+}
+
+// secretValueRE matches bearer-like credentials inside a string. The first group is a bearer
+// token and the second a token whose generic prefix ("sk-") ordinary words share: those two
+// must also look random (see looksRandom). The other forms are distinctive as they stand.
+var secretValueRE = regexp.MustCompile(`(?i:\bbearer[ \t]+([A-Za-z0-9\-._~+/]{8,}=*))` +
+	`|\b((?:sk|rk)[-_][A-Za-z0-9_-]{16,})` +
+	`|\beyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*` +
+	`|\bgh[pousr]_[A-Za-z0-9]{20,}` +
+	`|\bgithub_pat_[A-Za-z0-9_]{20,}` +
+	`|\bxox[abposr]-[A-Za-z0-9-]{10,}` +
+	`|\bxapp-[A-Za-z0-9-]{10,}` +
+	`|\bglpat-[A-Za-z0-9_-]{20,}` +
+	`|\bAKIA[0-9A-Z]{16}\b` +
+	`|\bAIza[0-9A-Za-z_-]{35}` +
+	`|\bcust_[A-Za-z0-9_-]{32,}` +
+	`|\bnpm_[A-Za-z0-9]{36}` +
+	`|\bhf_[A-Za-z0-9]{30,}` +
+	`|\bpypi-[A-Za-z0-9_-]{50,}` +
+	`|-----BEGIN [A-Z ]*PRIVATE KEY-----`)
+
+// SecretValue reports whether s holds a bearer-like credential anywhere: a JWT, an
+// "Authorization: Bearer" value, a PEM private key, or a token with a well-known prefix (sk-,
+// ghp_, xoxb-, AKIA, cust_ ...). Such a value is masked whatever key it is under.
+func SecretValue(s string) bool {
+	if len(s) < 12 || !containsAny(s, secretMarkers) {
+		return false
+	}
+	for _, m := range secretValueRE.FindAllStringSubmatchIndex(s, -1) {
+		switch {
+		case m[2] >= 0:
+			if looksRandom(s[m[2]:m[3]]) {
+				return true
+			}
+		case m[4] >= 0:
+			if looksRandom(s[m[4]:m[5]]) {
+				return true
+			}
+		default:
+			return true
+		}
+	}
+	return false
+}
+
+// looksRandom tells a token from a word: generated tokens mix letters and digits ("sk-learn" and
+// "bearer instrument" do not).
+func looksRandom(tok string) bool {
+	var letter, digit bool
+	for i := 0; i < len(tok); i++ {
+		letter = letter || isUpper(tok[i]) || isLower(tok[i])
+		digit = digit || isDigit(tok[i])
+	}
+	return letter && digit
+}
+
+func containsAny(s string, subs []string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+// MaskValue returns a copy of v, a JSON-shaped value, with every value under a sensitive key, and
+// every string that holds a bearer-like credential, replaced by Masked. The input is not
+// modified, since the policy still sees the original.
 func MaskValue(v any) any {
 	switch v := v.(type) {
 	case map[string]any:
@@ -62,6 +207,11 @@ func MaskValue(v any) any {
 			out[i] = MaskValue(e)
 		}
 		return out
+	case string:
+		if SecretValue(v) {
+			return Masked
+		}
+		return v
 	default:
 		return v
 	}

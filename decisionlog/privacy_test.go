@@ -130,8 +130,53 @@ func TestSensitiveKey(t *testing.T) {
 		{"body", false},
 		{"key", false},
 		{"pass", false},
-		// Only "-", "_" and " " are removed before matching.
-		{"api.key", false},
+		// Issue 16: these key names carried secrets into records. Matching ignores case and the
+		// separators "_", "-", "." and " ", and splits camelCase into words.
+		{"pwd", true},
+		{"oldPwd", true},
+		{"passphrase", true},
+		{"key_passphrase", true},
+		{"bearer", true},
+		{"bearerToken", true},
+		{"auth", true},
+		{"x-auth", true},
+		{"Auth.Header", true},
+		{"jwt", true},
+		{"id_jwt", true},
+		{"api.key", true},
+		{"API.KEY", true},
+		{"APIKey", true},
+		{"otp", true},
+		{"OTPCode", true},
+		{"totp", true},
+		{"pin", true},
+		{"PIN", true},
+		{"pin_code", true},
+		{"userPin", true},
+		{"card.pin", true},
+		{"signing_key", true},
+		{"encryptionKey", true},
+		{"mnemonic", true},
+		{"seed_phrase", true},
+		{"creds", true},
+		{"dsn", true},
+		{"connection_string", true},
+		// Ordinary fields that share letters with those names survive.
+		{"pinned", false},
+		{"isPinned", false},
+		{"spinner", false},
+		{"pinyin", false},
+		{"author", false},
+		{"authors", false},
+		{"authority", false},
+		{"coauthor", false},
+		{"footprint", false},
+		{"hotpath", false},
+		{"keyboard", false},
+		{"passenger", false},
+		{"compass", false},
+		{"seed", false},
+		{"opinion", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.key, func(t *testing.T) {
@@ -191,6 +236,81 @@ func maskWant() map[string]any {
 	}
 }
 
+// TestSecretValue: bearer-like values are secrets whatever key they are under (issue 16), and
+// ordinary text that shares their prefixes is not.
+func TestSecretValue(t *testing.T) {
+	const jwt = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"
+	tests := []struct {
+		name string
+		in   string
+		want bool
+	}{
+		{"jwt", jwt, true},
+		{"unsigned jwt", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.", true},
+		{"jwt in text", "use token " + jwt + " for the call", true},
+		{"bearer header", "Bearer 4f9a8b7c6d5e4f3a2b1c", true},
+		{"bearer lower case", "bearer abcDEF123456", true},
+		{"bearer in a curl line", "curl -H 'Authorization: Bearer 0a1b2c3d4e5f6a7b' https://api", true},
+		{"openai key", "sk-proj-4Kp9xQ2mZ7vL1nR8tY3wB6cJ", true},
+		{"openai legacy key", "sk-4Kp9xQ2mZ7vL1nR8tY3wB6cJ0aHs5dFgT", true},
+		{"stripe key", "sk_live_51HxAbCdEfGhIjKlMnOpQrStUv", true},
+		{"github pat", "ghp_16C7e42F292c6912E7710c838347Ae178B4a", true},
+		{"github fine-grained pat", "github_pat_11ABCDEFG0123456789_abcdefghijklmnop", true},
+		{"slack bot token", "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOp", true},
+		{"slack app token", "xapp-1-A0123456789-1234567890123-abcdef0123456789", true},
+		{"gitlab pat", "glpat-xY12abCD34efGH56ijKL", true},
+		{"aws access key id", "AKIAIOSFODNN7EXAMPLE", true},
+		{"google api key", "AIzaSyA1bC2dE3fG4hI5jK6lM7nO8pQ9rS0tU1v", true},
+		{"custody api key", "cust_q1w2e3r4t5y6u7i8o9p0a1s2d3f4g5h6j7k8l9z0x", true},
+		{"pem private key", "-----BEGIN RSA PRIVATE KEY-----\nMIIE...\n-----END RSA PRIVATE KEY-----", true},
+		{"pem openssh key", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn...", true},
+		// Ordinary values survive.
+		{"empty", "", false},
+		{"email", "bob@acme.example", false},
+		{"path", "/home/alice/notes.txt", false},
+		{"prose with bearer", "The bearer of this letter is a friend", false},
+		{"bearer of a word", "bearer instrument", false},
+		{"task id", "task-1234567890abcdefghij", false},
+		{"risk word", "risk-assessment-quarterly", false},
+		{"sk prefix word", "sk-learn", false},
+		{"short sk", "sk-1234", false},
+		{"dotted version", "v1.2.3", false},
+		{"dotted name", "eyJ.not.a.token", false},
+		{"ghp without token", "ghp_", false},
+		{"public key", "-----BEGIN PUBLIC KEY-----\nMFkw...", false},
+		{"uuid", "0190a5b2-7c3e-7d4f-8a9b-0c1d2e3f4a5b", false},
+		{"sha256", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, SecretValue(tc.in)); diff != "" {
+				t.Errorf("SecretValue(%q) mismatch (-want +got):\n%s", tc.in, diff)
+			}
+		})
+	}
+}
+
+// TestMaskValueMasksBearerLikeValues: a token under an innocent key is masked in the record.
+func TestMaskValueMasksBearerLikeValues(t *testing.T) {
+	in := map[string]any{
+		"to":      "bob@acme.example",
+		"headers": []any{"Accept: */*", "X-Custom: Bearer 0a1b2c3d4e5f6a7b"},
+		"note":    "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+		"pinned":  true,
+		"author":  "alice",
+	}
+	want := map[string]any{
+		"to":      "bob@acme.example",
+		"headers": []any{"Accept: */*", Masked},
+		"note":    Masked,
+		"pinned":  true,
+		"author":  "alice",
+	}
+	if diff := cmp.Diff(want, MaskMap(in)); diff != "" {
+		t.Errorf("MaskMap mismatch (-want +got):\n%s", diff)
+	}
+}
+
 func TestMaskValue(t *testing.T) {
 	tests := []struct {
 		name string
@@ -199,6 +319,7 @@ func TestMaskValue(t *testing.T) {
 	}{
 		{"nil", nil, nil},
 		{"string", "password", "password"},
+		{"bearer string", "Bearer 0a1b2c3d4e5f6a7b", Masked},
 		{"number", json.Number("1"), json.Number("1")},
 		{"bool", true, true},
 		{"nil map stays nil", map[string]any(nil), map[string]any(nil)},

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 
@@ -25,6 +26,10 @@ var (
 	ErrUnknownKey      = errors.New("unknown signing key")
 	ErrTokenInvalid    = errors.New("token signature or claims invalid")
 	ErrDelegationDepth = errors.New("delegation chain too deep")
+	// ErrSubjectNotAllowed: the token's sub is not one its issuer may vouch for (Issuer.Subjects).
+	ErrSubjectNotAllowed = errors.New("subject not allowed for its issuer")
+	// ErrActorNotAllowed: an act claim names an actor its issuer may not vouch for (Issuer.Actors).
+	ErrActorNotAllowed = errors.New("actor not allowed for its issuer")
 )
 
 // Limits on tokens. A delegation token is a few hundred bytes to a few KiB.
@@ -40,6 +45,25 @@ type Issuer struct {
 	Issuer string
 	// JWKS is a file path or an http(s) URL of the issuer's public keys.
 	JWKS string
+	// Subjects, when set, is a regular expression every sub this issuer signs must match in
+	// full, such as `[^@]+@acme\.example`: with several trusted issuers, it stops one of them
+	// from naming another's users. Empty accepts any subject.
+	Subjects string
+	// Actors is Subjects for the sub of every act claim (the agents) in this issuer's tokens.
+	Actors string
+}
+
+// issuerRules are an issuer's compiled subject and actor patterns; nil accepts anything.
+type issuerRules struct {
+	subjects, actors *regexp.Regexp
+}
+
+// compileFull compiles pattern to match whole strings only; "" is nil.
+func compileFull(pattern string) (*regexp.Regexp, error) {
+	if pattern == "" {
+		return nil, nil
+	}
+	return regexp.Compile(`^(?:` + pattern + `)$`)
 }
 
 // Config configures a Verifier.
@@ -90,6 +114,12 @@ func (c *Config) Validate() error {
 		if seen[is.Issuer] {
 			return fmt.Errorf("identity: config: issuer %q listed twice", is.Issuer)
 		}
+		if _, err := compileFull(is.Subjects); err != nil {
+			return fmt.Errorf("identity: config: issuer %q: subject pattern: %w", is.Issuer, err)
+		}
+		if _, err := compileFull(is.Actors); err != nil {
+			return fmt.Errorf("identity: config: issuer %q: actor pattern: %w", is.Issuer, err)
+		}
 		seen[is.Issuer] = true
 	}
 	if c.Leeway < 0 || c.Leeway > 5*time.Minute {
@@ -129,6 +159,7 @@ func (d *Delegation) CurrentActor() *Actor {
 type Verifier struct {
 	cfg     Config
 	issuers map[string]*keySet
+	rules   map[string]issuerRules
 	now     func() time.Time
 }
 
@@ -161,9 +192,12 @@ func NewVerifier(cfg Config, opts ...Option) (*Verifier, error) {
 		opt(&o)
 	}
 	log := o.logger.With().Str("component", "identity").Logger()
-	v := &Verifier{cfg: cfg, issuers: map[string]*keySet{}, now: o.now}
+	v := &Verifier{cfg: cfg, issuers: map[string]*keySet{}, rules: map[string]issuerRules{}, now: o.now}
 	for _, is := range cfg.Issuers {
 		v.issuers[is.Issuer] = newKeySet(is.JWKS, cfg.JWKSRefresh, o.client, o.now, log)
+		subjects, _ := compileFull(is.Subjects) // Validate compiled them
+		actors, _ := compileFull(is.Actors)
+		v.rules[is.Issuer] = issuerRules{subjects: subjects, actors: actors}
 	}
 	return v, nil
 }
@@ -236,6 +270,10 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Delegation, error
 	if sub == "" {
 		return nil, fmt.Errorf("%w: sub must be a non-empty string", ErrTokenInvalid)
 	}
+	rules := v.rules[iss]
+	if rules.subjects != nil && !rules.subjects.MatchString(sub) {
+		return nil, fmt.Errorf("%w: issuer %q may not name subject %q", ErrSubjectNotAllowed, iss, sub)
+	}
 	d := &Delegation{Issuer: iss, Subject: sub, Claims: claims, Props: v.properties(claims)}
 	if exp, ok := claims["exp"].(json.Number); ok {
 		if n, err := exp.Int64(); err == nil {
@@ -245,6 +283,14 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Delegation, error
 	actors, err := actorChain(claims["act"], iss)
 	if err != nil {
 		return nil, err
+	}
+	if rules.actors != nil {
+		// The token's issuer vouches for the whole chain, whatever iss an act claim names.
+		for _, a := range actors {
+			if !rules.actors.MatchString(a.Subject) {
+				return nil, fmt.Errorf("%w: issuer %q may not name actor %q", ErrActorNotAllowed, iss, a.Subject)
+			}
+		}
 	}
 	d.Actors = actors
 	return d, nil

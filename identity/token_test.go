@@ -245,3 +245,60 @@ func TestJWKSRefusesSymmetricAndAlgLessKeys(t *testing.T) {
 		t.Fatal("a JWKS with only a symmetric key verified a token")
 	}
 }
+
+// TestIssuerSubjectPatterns: with two trusted issuers, each names only the subjects and actors
+// its patterns allow, matched in full (issue 16: a token from the second issuer with sub
+// alice@acme.example was alice).
+func TestIssuerSubjectPatterns(t *testing.T) {
+	acme := tokentest.NewIssuer(t, issuerName)
+	partner := tokentest.NewIssuer(t, "https://idp.partner.example")
+	dir := t.TempDir()
+	acme.WriteJWKS(t, filepath.Join(dir, "acme.json"))
+	partner.WriteJWKS(t, filepath.Join(dir, "partner.json"))
+	v, err := identity.NewVerifier(identity.Config{
+		Issuers: []identity.Issuer{
+			{Issuer: issuerName, JWKS: filepath.Join(dir, "acme.json"), Subjects: `[^@]+@acme\.example`},
+			{Issuer: partner.Name, JWKS: filepath.Join(dir, "partner.json"), Subjects: `[^@]+@partner\.example`, Actors: `spiffe://partner\.example/.+`},
+		},
+		Audience: audience,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		issuer *tokentest.Issuer
+		claims tokentest.Claims
+		want   error
+	}{
+		{"own subject", acme, tokentest.Claims{"sub": alice, "act": map[string]any{"sub": mailer}}, nil},
+		{"partner's own subject and actor", partner, tokentest.Claims{"sub": "carol@partner.example", "act": map[string]any{"sub": "spiffe://partner.example/agents/x"}}, nil},
+		{"partner names alice", partner, tokentest.Claims{"sub": alice}, identity.ErrSubjectNotAllowed},
+		{"suffix is not a match", partner, tokentest.Claims{"sub": "carol@partner.example.evil"}, identity.ErrSubjectNotAllowed},
+		{"prefix is not a match", acme, tokentest.Claims{"sub": "x@evil@acme.example"}, identity.ErrSubjectNotAllowed},
+		{"partner names acme's agent", partner, tokentest.Claims{"sub": "carol@partner.example", "act": map[string]any{"sub": mailer}}, identity.ErrActorNotAllowed},
+		{"earlier actor checked too", partner, tokentest.Claims{"sub": "carol@partner.example", "act": map[string]any{
+			"sub": "spiffe://partner.example/agents/x", "act": map[string]any{"sub": planner, "iss": issuerName}}}, identity.ErrActorNotAllowed},
+		{"no actor pattern, any actor", acme, tokentest.Claims{"sub": alice, "act": map[string]any{"sub": "spiffe://partner.example/agents/x"}}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.claims["aud"] = audience
+			_, err := v.Verify(t.Context(), tt.issuer.Token(t, tt.claims))
+			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+				t.Fatalf("Verify: %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestIssuerPatternMustCompile(t *testing.T) {
+	for _, is := range []identity.Issuer{
+		{Issuer: issuerName, JWKS: "x.json", Subjects: `(`},
+		{Issuer: issuerName, JWKS: "x.json", Actors: `[a-`},
+	} {
+		if _, err := identity.NewVerifier(identity.Config{Issuers: []identity.Issuer{is}, Audience: audience}); err == nil {
+			t.Errorf("%+v: a bad pattern was accepted", is)
+		}
+	}
+}

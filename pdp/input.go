@@ -52,6 +52,22 @@ type SealedIntent struct {
 	SHA256  string `json:"sha256"`
 }
 
+// Caller is who called custody, as authentication proved it (input.caller): Kind is one of
+// CallerAnonymous, CallerAPIKey, CallerMTLS or CallerToken, and ID the API key's name, the
+// SPIFFE ID or the token's subject ("" when anonymous). A body can never set it.
+type Caller struct {
+	Kind string `json:"kind"`
+	ID   string `json:"id"`
+}
+
+// Kinds of Caller.
+const (
+	CallerAnonymous = "anonymous"
+	CallerAPIKey    = "api_key"
+	CallerMTLS      = "mtls"
+	CallerToken     = "token"
+)
+
 // Input is what a policy sees as `input`: AuthZEN's four entities plus the agent envelope.
 // Every endpoint builds this same shape.
 type Input struct {
@@ -66,6 +82,7 @@ type Input struct {
 	// Approval is approval evidence the server verified (server/approval.go): a caller cannot
 	// send it, so a policy may trust input.approval. Nil when the call carries none.
 	Approval map[string]any `json:"approval,omitempty"`
+	Caller   *Caller        `json:"caller,omitempty"`
 }
 
 // Value returns the input as plain JSON-shaped Go values, the form OPA converts without a
@@ -95,6 +112,9 @@ func (in *Input) Value() map[string]any {
 	}
 	if in.Approval != nil {
 		v["approval"] = in.Approval
+	}
+	if in.Caller != nil {
+		v["caller"] = map[string]any{"kind": in.Caller.Kind, "id": in.Caller.ID}
 	}
 	return v
 }
@@ -209,6 +229,12 @@ func (in *Input) AST() (ast.Value, error) {
 			return nil, err
 		}
 		obj.Insert(ast.InternedTerm("approval"), ast.NewTerm(v))
+	}
+	if in.Caller != nil {
+		obj.Insert(ast.InternedTerm("caller"), ast.ObjectTerm(
+			ast.Item(ast.InternedTerm("kind"), ast.StringTerm(in.Caller.Kind)),
+			ast.Item(ast.InternedTerm("id"), ast.StringTerm(in.Caller.ID)),
+		))
 	}
 	return obj, nil
 }

@@ -36,7 +36,8 @@ func TestMemoKeysOnWhatThePolicyReads(t *testing.T) {
 	}
 	want := []string{
 		"input.action.name", "input.action.properties.server", "input.agent.id",
-		"input.approval.approved", "input.approval.approved_via", "input.delegation.verified", "input.resource.properties.owner", "input.subject.id",
+		"input.approval.approved", "input.approval.approved_via", "input.delegation.verified", "input.resource.id", "input.resource.properties.owner",
+		"input.resource.type", "input.subject.id", "input.subject.properties.iss",
 		"input.subject.properties.roles", "input.subject.properties.scopes",
 		"type of input", "type of input.action", "type of input.action.properties",
 		"type of input.agent", "type of input.agent.properties", "type of input.resource",
@@ -51,6 +52,9 @@ func TestMemoKeysOnWhatThePolicyReads(t *testing.T) {
 }
 
 var everyScope = []any{"mail.send", "mail.read", "contacts.read", "files.read", "files.write", "web.search", "tickets.write", "payments.send"}
+
+// pinnedServer is the server the default catalog pins each tool to.
+var pinnedServer = map[string]string{"send_email": "mail", "read_inbox": "mail", "read_file": "filesystem", "write_file": "filesystem", "delete_file": "filesystem", "transfer_funds": "payments"}
 
 // randomInput draws inputs over the values the default policy cares about, including wrong
 // types, nulls and absent fields, and over values it ignores.
@@ -76,12 +80,13 @@ func randomInput(r *rand.Rand) *pdp.Input {
 				"scopes": {everyScope, everyScope, everyScope, everyScope, everyScope, everyScope, []any{"mail.send", "files.read", "tickets.write"}, []any{}, "mail.send", []any{"mail.send", 7}, nil, "<absent>"},
 				"roles":  {[]any{"admin"}, []any{"employee"}, []any{"employee"}, "admin", []any{true}, nil, "<absent>", "<absent>", "<absent>"},
 				"team":   {"x", "y"},
+				"iss":    {"https://idp.acme.example", "https://idp.acme.example", "https://idp.partner.example", "<absent>", "<absent>", "<absent>", "<absent>", "<absent>", "<absent>", 7},
 			}),
 		},
 		Action: pdp.Action{
 			Name: pick("send_email", "read_inbox", "read_file", "web_search", "create_ticket", "delete_file", "transfer_funds", "nope").(string),
 			Properties: props(map[string][]any{
-				"server":    {"mail", "filesystem", "payments", "evil", 3, nil, "<absent>", "<absent>", "<absent>"},
+				"server":    {"mail", "mail", "filesystem", "filesystem", "payments", "evil", 3, nil, "<absent>"},
 				"arguments": {map[string]any{"to": fmt.Sprint(r.IntN(1000))}, map[string]any{}},
 			}),
 		},
@@ -95,6 +100,12 @@ func randomInput(r *rand.Rand) *pdp.Input {
 		Context:       map[string]any{"ip": fmt.Sprintf("10.0.0.%d", r.IntN(255))},
 		Delegation:    pdp.Delegation{Verified: r.IntN(2) == 0, Chain: []any{}},
 		CorrelationID: fmt.Sprintf("c-%d", r.Int()),
+	}
+	if srv, pinned := pinnedServer[in.Action.Name]; pinned && in.Action.Properties != nil && r.IntN(2) == 0 {
+		in.Action.Properties["server"] = srv // the catalog pins the tool there: needed for an allow
+	}
+	if r.IntN(2) == 0 { // the tool itself, which the default data declares ownerless
+		in.Resource.ID = in.Action.Name
 	}
 	if r.IntN(6) != 0 {
 		in.Agent = &pdp.Agent{
@@ -122,7 +133,7 @@ func nearMiss(r *rand.Rand, in *pdp.Input) *pdp.Input {
 	out.Subject.Properties = clone(in.Subject.Properties)
 	out.Action.Properties = clone(in.Action.Properties)
 	out.Resource.Properties = clone(in.Resource.Properties)
-	switch r.IntN(8) {
+	switch r.IntN(10) {
 	case 0:
 		out.Resource.Properties["owner"] = []any{"bob@acme.example", "alice@acme.example", 1, nil}[r.IntN(4)]
 	case 1:
@@ -137,6 +148,10 @@ func nearMiss(r *rand.Rand, in *pdp.Input) *pdp.Input {
 		out.Subject.ID = []string{"alice@acme.example", "bob@acme.example"}[r.IntN(2)]
 	case 6:
 		out.Action.Name = []string{"send_email", "delete_file", "transfer_funds", "read_file"}[r.IntN(4)]
+	case 8:
+		out.Subject.Properties["iss"] = []any{"https://idp.acme.example", "https://idp.partner.example"}[r.IntN(2)]
+	case 9:
+		out.Resource.Type = []string{"tool", "mailbox"}[r.IntN(2)]
 	case 7:
 		if out.Agent != nil {
 			a := *out.Agent

@@ -104,9 +104,12 @@ deny_reasons contains "unknown_tool" if not tool
 # one: the agent is calling a look-alike tool on some other server.
 deny_reasons contains "tool_not_on_agent_server" if {
 	catalog_server := tool.server
-	requested_server := input.action.properties.server
-	requested_server != catalog_server
+	not input.action.properties.server == catalog_server
 }
+
+# The reason above fires, failing closed, when the call names no server at all:
+# a pinned tool is only allowed on the server the catalog pins it to, and a call
+# that does not say where it runs could run anywhere.
 
 # Delegation: the agent can use at most the intersection of what the user has
 # and what the agent was granted (see effective_scopes). Each side is checked
@@ -139,6 +142,28 @@ deny_reasons contains "resource_owned_by_other_user" if {
 	tool.access == "write"
 	resource_owned_by_other_user
 	not user_is_admin
+}
+
+# A write must say whose resource it changes: a resource without an owner is
+# only written to when its type is declared ownerless in
+# data.custody.ownerless_resource_types. Leaving the owner out therefore denies
+# rather than skipping the ownership check.
+deny_reasons contains "resource_owner_unknown" if {
+	tool.access == "write"
+	not input.resource.properties.owner
+	not ownerless_resource
+	not user_is_admin
+}
+
+# A verified subject carries the issuer that proved it in
+# subject.properties.iss (custody sets it from the token and strips it from
+# asserted subjects). Where data.custody.subject_issuers binds the subject's
+# email domain to issuers, the subject must come from one of them: another
+# trusted issuer cannot speak for alice@acme.example.
+deny_reasons contains "subject_issuer_not_trusted" if {
+	iss := input.subject.properties.iss
+	trusted := data.custody.subject_issuers[subject_domain]
+	not iss in trusted
 }
 
 # ---------------------------------------------------------------------------
@@ -193,6 +218,8 @@ malformed_fields contains "resource" if type_name(input.resource) != "object"
 malformed_fields contains "resource.properties" if type_name(input.resource.properties) != "object"
 
 malformed_fields contains "resource.properties.owner" if type_name(input.resource.properties.owner) != "string"
+
+malformed_fields contains "subject.properties.iss" if type_name(input.subject.properties.iss) != "string"
 
 # Scopes and roles, if present, must be arrays of strings.
 malformed_fields contains "subject.properties.scopes" if {
@@ -289,3 +316,31 @@ resource_owned_by_other_user if {
 }
 
 is_subject(id) if id == subject_id
+
+# The resource has no owner by declaration: its type is listed in
+# data.custody.ownerless_resource_types. A "tool" resource is the tool itself
+# (what a call that names no other resource carries), so it must name the tool
+# being called: {"type": "tool", "id": "/home/bob/notes.txt"} is not ownerless.
+ownerless_resource if {
+	is_string(input.resource.type)
+	input.resource.type != "tool"
+	input.resource.type in ownerless_resource_types
+}
+
+ownerless_resource if {
+	input.resource.type == "tool"
+	"tool" in ownerless_resource_types
+	input.resource.id == input.action.name
+}
+
+ownerless_resource_types := {t |
+	is_array(data.custody.ownerless_resource_types)
+	some t in data.custody.ownerless_resource_types
+	is_string(t)
+}
+
+# The lower-cased domain of an email-shaped subject id, alice@acme.example.
+subject_domain := lower(parts[count(parts) - 1]) if {
+	parts := split(subject_id, "@")
+	count(parts) > 1
+}

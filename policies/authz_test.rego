@@ -103,9 +103,19 @@ test_allow_any_server_when_catalog_names_none if {
 	authz.decision == allowed with input as call(mailer, "search_contacts", "crm")
 }
 
-# The call need not name a server; only a differing one is denied.
-test_allow_call_without_server if {
-	authz.decision == allowed with input as call(mailer, "send_email", null)
+# Fails closed: a tool the catalog pins to a server needs the call to name that
+# server. Leaving the server out is denied like naming another one (issue 16:
+# the old policy skipped the check when the server was missing).
+test_deny_pinned_tool_without_server[tool] if {
+	some [agent_id, tool] in [[mailer, "send_email"], [mailer, "read_inbox"], [ops, "write_file"], [ops, "transfer_funds"]]
+	d := authz.decision with input as call(agent_id, tool, null)
+	d.allow == false
+	"tool_not_on_agent_server" in d.reasons
+}
+
+test_deny_pinned_tool_with_empty_action_properties if {
+	req := with_field(base_input, "/action/properties", {})
+	authz.decision == denied(["tool_not_on_agent_server"]) with input as req
 }
 
 test_allow_researcher_web_search if {
@@ -121,8 +131,8 @@ test_allow_medium_risk_write_without_obligation if {
 	authz.decision == allowed with input as req
 }
 
-# A tool call without a resource carries {"type": "tool", "id": <tool>}: no
-# owner, so no ownership check.
+# A tool call without a resource carries {"type": "tool", "id": <tool>}, which
+# the default data declares ownerless: the call is judged on scopes alone.
 test_allow_write_to_unowned_resource if {
 	req := with_field(call(ops, "create_ticket", null), "/resource", {"type": "tool", "id": "create_ticket"})
 	authz.decision == allowed with input as req
@@ -287,7 +297,7 @@ test_deny_both_sides_lack_scope if {
 # Exhaustively over the catalog: a tool is allowed for an agent and user exactly
 # when its scope is in both the agent's grants and the user's scopes.
 intersection_cases[sprintf("%s %s user=%v", [agent_name, tool_name, scopes])] := {
-	"input": with_scopes(call(agent_id, tool_name, null), scopes),
+	"input": with_scopes(call(agent_id, tool_name, object.get(tool, "server", null)), scopes),
 	"expect_reasons": expect_reasons,
 } if {
 	some agent_name, agent_id in {"mailer": mailer, "researcher": researcher, "ops": ops}
@@ -443,7 +453,7 @@ test_hostile_inputs_deny_with_reasons[note] if {
 # Resource properties that are not an object hide the owner: malformed, so
 # the ownership rule cannot be sidestepped that way.
 test_resource_properties_not_object_is_malformed if {
-	authz.decision == denied(["malformed_input"]) with input as with_field(bobs_mailbox, "/resource/properties", 5)
+	authz.decision == denied(["malformed_input", "resource_owner_unknown"]) with input as with_field(bobs_mailbox, "/resource/properties", 5)
 }
 
 test_malformed_fields_names_the_fields if {
@@ -558,4 +568,82 @@ test_low_risk_allowed_for_asserted_delegation if {
 	req := with_field(call(ops, "read_file", "filesystem"), "/delegation", {"verified": false, "chain": []})
 	d := authz.decision with input as req
 	d.allow
+}
+
+# ---------------------------------------------------------------------------
+# Fail closed on ownership: a write names its owner or an ownerless type
+# ---------------------------------------------------------------------------
+
+# Issue 16: a write whose resource names no owner skipped the ownership check.
+test_deny_write_without_owner[note] if {
+	some note, resource in {
+		"no owner": {"type": "mailbox", "id": "bob"},
+		"empty properties": {"type": "mailbox", "id": "bob", "properties": {}},
+		"other fields only": {"type": "file", "id": "/home/bob/notes.txt", "properties": {"path": "/home/bob"}},
+		"tool resource naming a file": {"type": "tool", "id": "/home/bob/notes.txt"},
+	}
+	req := with_field(base_input, "/resource", resource)
+	authz.decision == denied(["resource_owner_unknown"]) with input as req
+}
+
+test_deny_write_without_owner_when_tool_not_declared if {
+	req := with_field(call(ops, "create_ticket", null), "/resource", {"type": "tool", "id": "create_ticket"})
+	authz.decision == denied(["resource_owner_unknown"]) with input as req with data.custody.ownerless_resource_types as []
+}
+
+test_allow_write_to_declared_ownerless_type if {
+	req := with_field(base_input, "/resource", {"type": "mailbox", "id": "shared"})
+	authz.decision == allowed with input as req with data.custody.ownerless_resource_types as ["mailbox"]
+}
+
+# Malformed declarations declare nothing.
+test_ownerless_declaration_must_be_a_list_of_strings[note] if {
+	some note, declared in {"string": "mailbox", "object": {"mailbox": true}, "numbers": [1, 2], "null": null}
+	req := with_field(base_input, "/resource", {"type": "mailbox", "id": "shared"})
+	authz.decision == denied(["resource_owner_unknown"]) with input as req with data.custody.ownerless_resource_types as declared
+}
+
+# Reads need no owner.
+test_allow_read_without_owner if {
+	req := with_field(call(researcher, "read_file", "filesystem"), "/resource", {"type": "file", "id": "/srv/readme"})
+	authz.decision == allowed with input as req
+}
+
+test_admin_may_write_without_owner if {
+	req := with_roles(with_field(base_input, "/resource", {"type": "mailbox", "id": "bob"}), ["admin"])
+	authz.decision == allowed with input as req
+}
+
+# ---------------------------------------------------------------------------
+# Issuer-bound subjects
+# ---------------------------------------------------------------------------
+
+with_iss(req, iss) := json.patch(req, [{"op": "add", "path": "/subject/properties/iss", "value": iss}])
+
+# Issue 16: with two trusted issuers, a token from the second naming
+# alice@acme.example was alice for the policy.
+test_deny_subject_from_other_issuer[note] if {
+	some note, req in {
+		"other issuer": with_iss(base_input, "https://idp.partner.example"),
+		"domain case": with_iss(with_owner(with_field(base_input, "/subject/id", "alice@ACME.example"), "alice@ACME.example"), "https://idp.partner.example"),
+		"issuer case": with_iss(base_input, "https://IDP.acme.example"),
+	}
+	authz.decision == denied(["subject_issuer_not_trusted"]) with input as req
+}
+
+test_allow_subject_from_trusted_issuer if {
+	authz.decision == allowed with input as with_iss(base_input, "https://idp.acme.example")
+}
+
+# A domain the data binds to no issuer is not restricted by it.
+test_allow_unbound_domain_from_any_issuer if {
+	req := with_owner(with_field(with_iss(base_input, "https://idp.partner.example"), "/subject/id", "carol@partner.example"), "carol@partner.example")
+	authz.decision == allowed with input as req
+}
+
+test_deny_issuer_wrong_type[note] if {
+	some note, iss in {"number": 1, "null": null, "list": ["https://idp.acme.example"]}
+	d := authz.decision with input as with_iss(base_input, iss)
+	d.allow == false
+	"malformed_input" in d.reasons
 }

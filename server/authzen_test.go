@@ -403,6 +403,7 @@ func TestAuthZENLiftsTheAgentEnvelope(t *testing.T) {
 		}},
 		Task:          &pdp.Task{ID: "t-42", ParentID: "t-41", Attempt: 2, SessionID: "s-7", IntentSHA256: hash},
 		CorrelationID: "corr-ctx",
+		Caller:        &pdp.Caller{Kind: pdp.CallerAnonymous},
 	}
 	if diff := cmp.Diff(want, spy.inputs[0]); diff != "" {
 		t.Errorf("policy input (-want +got):\n%s", diff)

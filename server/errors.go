@@ -36,6 +36,10 @@ const (
 	CodeNotApprover           = "not_approver"
 	CodeSelfApproval          = "self_approval"
 	CodeApprovalLinkInvalid   = "approval_link_invalid"
+	// CodeSubjectNotAllowed: a valid token names a subject or actor its issuer may not vouch for.
+	CodeSubjectNotAllowed = "subject_not_allowed"
+	// CodeMisdirectedRequest: the Host header names neither this server nor its public URL.
+	CodeMisdirectedRequest = "misdirected_request"
 )
 
 // statusOf is the one table from error code to HTTP status.
@@ -62,6 +66,8 @@ var statusOf = map[string]int{
 	CodeNotApprover:            http.StatusForbidden,
 	CodeSelfApproval:           http.StatusForbidden,
 	CodeApprovalLinkInvalid:    http.StatusForbidden,
+	CodeSubjectNotAllowed:      http.StatusForbidden,
+	CodeMisdirectedRequest:     http.StatusMisdirectedRequest,
 }
 
 // apiError is an error with a stable code, rendered as {"error":{"code","message"}}.

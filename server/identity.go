@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -41,6 +42,11 @@ const (
 	AuthMTLS   = "mtls"
 )
 
+// SubjectIssuerProperty is the subject property that names the issuer of the token that proved
+// the subject (input.subject.properties.iss). Custody sets it from a verified token and drops
+// it from subjects a body asserts, so a policy may trust it.
+const SubjectIssuerProperty = "iss"
+
 // Reasons recorded for refused attempts.
 const (
 	ReasonAuthenticationFailed = "authentication_failed"
@@ -66,8 +72,29 @@ func (c *caller) ref() *decisionlog.Caller {
 	return ref
 }
 
-// authenticate reads the caller's credentials. Presented credentials that fail are always an
-// error, even when authentication is optional: a bad token is an attack or a bug, never anonymous.
+// policyCaller is the caller as the policy sees it, input.caller.
+func (c *caller) policyCaller() *pdp.Caller {
+	if c == nil {
+		return &pdp.Caller{Kind: pdp.CallerAnonymous}
+	}
+	switch c.method {
+	case AuthJWT:
+		return &pdp.Caller{Kind: pdp.CallerToken, ID: c.id}
+	case AuthAPIKey:
+		return &pdp.Caller{Kind: pdp.CallerAPIKey, ID: c.id}
+	case AuthMTLS:
+		return &pdp.Caller{Kind: pdp.CallerMTLS, ID: c.id}
+	default:
+		return &pdp.Caller{Kind: pdp.CallerAnonymous}
+	}
+}
+
+// authenticate reads the caller's credentials, with one precedence (README "Credential
+// precedence"): every credential presented is checked, and one that fails is a 401 whatever
+// else was presented, even when authentication is optional: a bad credential is an attack or a
+// bug, never anonymous, and never outvoted by a good one. The caller is then named by the
+// first of a bearer JWT (a delegation token), an API key (X-API-Key, or a bearer that is not a
+// JWT), and the client certificate's SPIFFE ID; the certificate binds the agent in every case.
 func (s *Server) authenticate(c echo.Context) (*caller, *apiError) {
 	req := c.Request()
 	cl := &caller{}
@@ -85,22 +112,32 @@ func (s *Server) authenticate(c echo.Context) (*caller, *apiError) {
 		}
 		bearer = strings.TrimSpace(value)
 	}
-	apiKey := req.Header.Get(HeaderAPIKey)
-	switch {
-	case bearer != "" && identity.LooksLikeJWT(bearer):
+	var keys []string // every API key presented, each of which must be valid
+	if values := req.Header.Values(HeaderAPIKey); len(values) > 1 {
+		return nil, errorf(CodeInvalidCredentials, "more than one "+HeaderAPIKey+" header")
+	} else if len(values) == 1 {
+		if values[0] == "" {
+			return nil, errorf(CodeInvalidCredentials, HeaderAPIKey+" header is empty")
+		}
+		keys = append(keys, values[0])
+	}
+	var d *identity.Delegation
+	if bearer != "" && identity.LooksLikeJWT(bearer) {
 		if s.tokens == nil {
 			return nil, errorf(CodeInvalidToken, "bearer token: no trusted issuer is configured")
 		}
-		d, err := s.tokens.Verify(req.Context(), bearer)
-		if err != nil {
+		var err error
+		if d, err = s.tokens.Verify(req.Context(), bearer); err != nil {
+			if errors.Is(err, identity.ErrSubjectNotAllowed) || errors.Is(err, identity.ErrActorNotAllowed) {
+				return nil, errorf(CodeSubjectNotAllowed, "bearer token: "+err.Error())
+			}
 			return nil, errorf(CodeInvalidToken, "bearer token: "+err.Error())
 		}
-		cl.method, cl.id, cl.delegation = AuthJWT, d.Subject, d
-	case bearer != "" || apiKey != "":
-		key := apiKey
-		if key == "" {
-			key = bearer
-		}
+	} else if bearer != "" {
+		keys = append(keys, bearer)
+	}
+	keyName := ""
+	for _, key := range keys {
 		if s.apiKeys == nil {
 			return nil, errorf(CodeInvalidCredentials, "API key presented, but no API keys are configured")
 		}
@@ -108,7 +145,16 @@ func (s *Server) authenticate(c echo.Context) (*caller, *apiError) {
 		if !ok {
 			return nil, errorf(CodeInvalidCredentials, "API key not recognised")
 		}
-		cl.method, cl.id = AuthAPIKey, name
+		if keyName != "" && name != keyName {
+			return nil, errorf(CodeInvalidCredentials, "two API keys of different callers presented")
+		}
+		keyName = name
+	}
+	switch {
+	case d != nil:
+		cl.method, cl.id, cl.delegation = AuthJWT, d.Subject, d
+	case keyName != "":
+		cl.method, cl.id = AuthAPIKey, keyName
 	}
 	if cl.method == "" && s.requireAuth {
 		return nil, errorf(CodeUnauthenticated, "authentication required: a bearer token, an API key or a client certificate")
@@ -130,6 +176,17 @@ func wwwAuthenticate(code string) string {
 // verified token or certificate is proof, and proof wins: where the body names someone else the
 // request is refused with identity_mismatch rather than silently corrected.
 func applyIdentity(in *pdp.Input, cl *caller, bodyUser bool) *apiError {
+	in.Caller = cl.policyCaller()
+	// subject.properties.iss names the issuer that proved the subject: only a token sets it.
+	if _, asserted := in.Subject.Properties[SubjectIssuerProperty]; asserted {
+		props := make(map[string]any, len(in.Subject.Properties))
+		for k, v := range in.Subject.Properties {
+			if k != SubjectIssuerProperty {
+				props[k] = v
+			}
+		}
+		in.Subject.Properties = props
+	}
 	if cl == nil {
 		return nil
 	}
@@ -138,7 +195,12 @@ func applyIdentity(in *pdp.Input, cl *caller, bodyUser bool) *apiError {
 			return errorf(CodeIdentityMismatch, fmt.Sprintf("user.id %q differs from the token's subject %q", in.Subject.ID, d.Subject))
 		}
 		// Properties come from the token alone: body-asserted scopes or roles must not widen access.
-		in.Subject = pdp.Entity{Type: "user", ID: d.Subject, Properties: d.Props}
+		props := make(map[string]any, len(d.Props)+1)
+		for k, v := range d.Props {
+			props[k] = v
+		}
+		props[SubjectIssuerProperty] = d.Issuer
+		in.Subject = pdp.Entity{Type: "user", ID: d.Subject, Properties: props}
 		chain := []any{link("user", d.Subject, d.Issuer, AuthJWT)}
 		if actor := d.CurrentActor(); actor != nil {
 			if in.Agent != nil && in.Agent.ID != actor.Subject {

@@ -65,6 +65,8 @@ type Server struct {
 	tokens      TokenVerifier
 	apiKeys     APIKeyLookup
 	requireAuth bool
+	// allowedHosts are further Host names the API answers to (host.go).
+	allowedHosts []string
 
 	// Execution reports and receipts (execution.go, receipt.go).
 	receipts   ReceiptSigner
@@ -142,7 +144,7 @@ func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.I
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
-	e.Use(s.recoverer, s.requestID, s.instrument)
+	e.Use(s.recoverer, s.requestID, s.checkHost, s.instrument)
 	e.POST("/v1/authorize", s.authorize)
 	e.POST(EndpointExecutions, s.executions)
 	e.POST(EndpointUnseal, s.unseal)

@@ -30,20 +30,20 @@ type call struct {
 }
 
 func (c call) body() string {
-	typ := "file"
+	typ, server := "file", "filesystem" // the default catalog pins each tool to its server
 	switch c.tool {
 	case "send_email":
-		typ = "mailbox"
+		typ, server = "mailbox", "mail"
 	case "transfer_funds":
-		typ = "account"
+		typ, server = "account", "payments"
 	}
 	return fmt.Sprintf(`{"correlation_id":%q,
 	  "agent":{"id":"spiffe://acme.example/agents/%s"},
 	  "user":{"id":"alice@acme.example","properties":{"roles":["employee"],"scopes":["mail.send","files.read","files.write","payments.send"]}},
-	  "tool":{"name":%q,"arguments":{}},
+	  "tool":{"name":%q,"server":%q,"arguments":{}},
 	  "resource":{"type":%q,"id":%q,"properties":{"owner":"alice@acme.example"}},
 	  "task":{"id":%q,"parent_id":%q,"attempt":%d,"session_id":"s-1","intent":"close the quarter"}}`,
-		workflowCorr, c.agent, c.tool, typ, c.resource, c.task, c.parent, c.attempt)
+		workflowCorr, c.agent, c.tool, server, typ, c.resource, c.task, c.parent, c.attempt)
 }
 
 // receiptAnswer is an answer of /v1/authorize with its receipt.

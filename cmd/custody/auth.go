@@ -27,6 +27,36 @@ func (l *stringList) Set(v string) error {
 	return nil
 }
 
+// issuerPatterns is a repeatable ISS=REGEX flag. Values are not split on commas: a regular
+// expression may hold one.
+type issuerPatterns struct{ m *map[string]string }
+
+func (p issuerPatterns) String() string {
+	if p.m == nil || *p.m == nil {
+		return ""
+	}
+	parts := make([]string, 0, len(*p.m))
+	for iss, re := range *p.m {
+		parts = append(parts, iss+"="+re)
+	}
+	return strings.Join(parts, " ")
+}
+
+func (p issuerPatterns) Set(v string) error {
+	iss, re, ok := strings.Cut(v, "=")
+	if !ok || iss == "" || re == "" {
+		return fmt.Errorf("want ISS=REGEX, got %q", v)
+	}
+	if *p.m == nil {
+		*p.m = map[string]string{}
+	}
+	if _, dup := (*p.m)[iss]; dup {
+		return fmt.Errorf("issuer %q given twice", iss)
+	}
+	(*p.m)[iss] = re
+	return nil
+}
+
 // authFlags registers the flags of how `serve` authenticates callers.
 func authFlags(fs *flag.FlagSet, a *app.AuthConfig) {
 	fs.Var((*stringList)(&a.Issuers), "issuer", "trusted token issuer (`iss`); repeat for several, each paired with a --jwks in the same order")
@@ -38,6 +68,9 @@ func authFlags(fs *flag.FlagSet, a *app.AuthConfig) {
 	fs.BoolVar(&a.RequireAuth, "require-auth", a.RequireAuth, "refuse unauthenticated decision requests with 401")
 	fs.StringVar(&a.TLSCert, "tls-cert", a.TLSCert, "serve HTTPS with this certificate (PEM)")
 	fs.StringVar(&a.TLSKey, "tls-key", a.TLSKey, "private key of --tls-cert (PEM)")
+	fs.Var(issuerPatterns{&a.IssuerSubjects}, "issuer-subjects", "`ISS=REGEX`: every sub in tokens of --issuer ISS must match REGEX in full, so that one issuer cannot name another's users; repeatable")
+	fs.Var(issuerPatterns{&a.IssuerActors}, "issuer-actors", "`ISS=REGEX`: every act sub (agent) in tokens of --issuer ISS must match REGEX in full; repeatable")
+	fs.Var((*stringList)(&a.AllowedHosts), "allowed-host", "a `host[:port]` the API answers to besides its listen address and --public-url (others get 421, against DNS rebinding); repeatable")
 	fs.StringVar(&a.ClientCA, "client-ca", a.ClientCA, "verify client certificates against these CAs (PEM); a certificate's SPIFFE ID becomes the caller's verified workload identity")
 }
 

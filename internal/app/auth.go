@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
+	"regexp"
+	"strings"
 
 	"github.com/rs/zerolog"
 
@@ -15,11 +17,11 @@ import (
 // buildAuth returns the server options that authenticate callers and, when TLS is configured,
 // the TLS config.
 func buildAuth(a AuthConfig, logger zerolog.Logger) ([]custodyhttp.Option, *tls.Config, error) {
-	opts := []custodyhttp.Option{custodyhttp.WithRequireAuth(a.RequireAuth)}
+	opts := []custodyhttp.Option{custodyhttp.WithRequireAuth(a.RequireAuth), custodyhttp.WithAllowedHosts(a.AllowedHosts...)}
 	if len(a.Issuers) > 0 {
 		cfg := identity.Config{Audience: a.Audience, Leeway: a.Leeway, JWKSRefresh: a.JWKSRefresh}
-		for i := range a.Issuers {
-			cfg.Issuers = append(cfg.Issuers, identity.Issuer{Issuer: a.Issuers[i], JWKS: a.JWKS[i]})
+		for i, iss := range a.Issuers {
+			cfg.Issuers = append(cfg.Issuers, identity.Issuer{Issuer: iss, JWKS: a.JWKS[i], Subjects: a.IssuerSubjects[iss], Actors: a.IssuerActors[iss]})
 		}
 		v, err := identity.NewVerifier(cfg, identity.WithLogger(logger))
 		if err != nil {
@@ -56,4 +58,32 @@ func buildAuth(a AuthConfig, logger zerolog.Logger) ([]custodyhttp.Option, *tls.
 		tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
 	}
 	return opts, tc, nil
+}
+
+// validateIssuerPatterns checks --issuer-subjects and --issuer-actors: each names a --issuer and
+// a regular expression that compiles.
+func (a *AuthConfig) validateIssuerPatterns() error {
+	trusted := map[string]bool{}
+	for _, iss := range a.Issuers {
+		trusted[iss] = true
+	}
+	for _, f := range []struct {
+		flag     string
+		patterns map[string]string
+	}{{"--issuer-subjects", a.IssuerSubjects}, {"--issuer-actors", a.IssuerActors}} {
+		for iss, pattern := range f.patterns {
+			if !trusted[iss] {
+				return fmt.Errorf("%s %q: not a --issuer", f.flag, iss)
+			}
+			if _, err := regexp.Compile(pattern); err != nil {
+				return fmt.Errorf("%s %q: %w", f.flag, iss, err)
+			}
+		}
+	}
+	for _, h := range a.AllowedHosts {
+		if strings.ContainsAny(h, "/ @") {
+			return fmt.Errorf("--allowed-host %q: want a host name, optionally with :port", h)
+		}
+	}
+	return nil
 }

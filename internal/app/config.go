@@ -144,6 +144,12 @@ type AuthConfig struct {
 	TLSCert     string
 	TLSKey      string
 	ClientCA    string
+	// IssuerSubjects and IssuerActors map a trusted issuer to the pattern every sub (or act
+	// sub) in its tokens must match in full; see identity.Issuer.
+	IssuerSubjects map[string]string
+	IssuerActors   map[string]string
+	// AllowedHosts are Host names the API answers to besides its address and public URL.
+	AllowedHosts []string
 }
 
 // ReceiptConfig is how the App signs decision receipts.
@@ -243,7 +249,7 @@ func (a *AuthConfig) validate() error {
 	case a.ClientCA != "" && a.TLSCert == "":
 		return errors.New("--client-ca needs --tls-cert and --tls-key")
 	}
-	return nil
+	return a.validateIssuerPatterns()
 }
 
 // validate reports the first setting that cannot work; policies is Config.Policies.
