@@ -37,6 +37,9 @@ type Record struct {
 	// ExecutionID and Execution are set on custody.execution.v1 records only.
 	ExecutionID string     `json:"execution_id,omitempty"`
 	Execution   *Execution `json:"execution,omitempty"`
+	// Refusal is set on the record of an attempt refused before any decision (a failed
+	// authentication): the record is then that summary, without the body's claims.
+	Refusal *Refusal `json:"refusal,omitempty"`
 	Seq         uint64     `json:"seq,omitempty"`
 	PrevHash    string     `json:"prev_hash,omitempty"`
 	Hash        string     `json:"hash,omitempty"`

@@ -72,6 +72,8 @@ type Server struct {
 	execWindow time.Duration
 	recent     *decisionCache
 
+	refusals *refusalLimiter // refusal.go
+
 	echo *echo.Echo
 }
 
@@ -121,6 +123,7 @@ func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.I
 		newID:     NewUUIDv7,
 		maxBody:   DefaultMaxBodyBytes,
 		ready:     map[string]ReadyCheck{},
+		refusals:  newRefusalLimiter(DefaultRefusalLimits),
 	}
 	for _, o := range opts {
 		o(s)
