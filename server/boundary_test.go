@@ -112,6 +112,7 @@ func TestRefusalRecordIsAFixedSummary(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Logf("refusal record: %d bytes", len(b))
 			if len(b) > 2048 {
 				t.Errorf("refusal record of %d bytes, want a fixed summary under 2 KiB", len(b))
 			}

@@ -41,7 +41,7 @@ type RefusalLimits struct {
 }
 
 // DefaultRefusalLimits record 10 attempts of a source and then one a minute, and at most 60 a
-// minute in all (a refusal record is under 1 KiB: about 60 KiB a minute under any flood).
+// minute in all (a refusal record is about 1 KiB: some 60 KiB a minute under any flood).
 var DefaultRefusalLimits = RefusalLimits{
 	PerSourceBurst: 10, PerSourceEvery: time.Minute,
 	GlobalBurst: 60, GlobalEvery: time.Second,
