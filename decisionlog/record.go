@@ -39,10 +39,10 @@ type Record struct {
 	Execution   *Execution `json:"execution,omitempty"`
 	// Refusal is set on the record of an attempt refused before any decision (a failed
 	// authentication): the record is then that summary, without the body's claims.
-	Refusal *Refusal `json:"refusal,omitempty"`
-	Seq         uint64     `json:"seq,omitempty"`
-	PrevHash    string     `json:"prev_hash,omitempty"`
-	Hash        string     `json:"hash,omitempty"`
+	Refusal  *Refusal `json:"refusal,omitempty"`
+	Seq      uint64   `json:"seq,omitempty"`
+	PrevHash string   `json:"prev_hash,omitempty"`
+	Hash     string   `json:"hash,omitempty"`
 }
 
 // Caller is who authenticated the request, when anyone did: an API key's name, a token's
