@@ -41,9 +41,12 @@ type Record struct {
 	// UnsealID and Unseal are set on custody.unseal.v1 records only.
 	UnsealID string  `json:"unseal_id,omitempty"`
 	Unseal   *Unseal `json:"unseal,omitempty"`
-	Seq      uint64  `json:"seq,omitempty"`
-	PrevHash string  `json:"prev_hash,omitempty"`
-	Hash     string  `json:"hash,omitempty"`
+	// Refusal is set on the record of an attempt refused before any decision (a failed
+	// authentication): the record is then that summary, without the body's claims.
+	Refusal  *Refusal `json:"refusal,omitempty"`
+	Seq      uint64   `json:"seq,omitempty"`
+	PrevHash string   `json:"prev_hash,omitempty"`
+	Hash     string   `json:"hash,omitempty"`
 }
 
 // Caller is who authenticated the request, when anyone did: an API key's name, a token's

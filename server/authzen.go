@@ -128,6 +128,15 @@ func (s *Server) evaluations(c echo.Context) error {
 		return x.answerOne(it, req.lift, req.opts)
 	}
 
+	if o := x.refuseBatchIdentity(len(req.items), func(i int) *agentcall.Call {
+		it, l, ierr := req.item(i)
+		if ierr != nil {
+			return nil
+		}
+		return authzenCall(it, l)
+	}); o != nil {
+		return o.answerError()
+	}
 	run := func(i int) *outcome {
 		it, l, ierr := req.item(i)
 		if ierr != nil {

@@ -12,7 +12,10 @@ import (
 )
 
 // azDecodeCodes are the codes AuthZEN decoding may return.
-var azDecodeCodes = map[string]bool{CodeInvalidJSON: true, CodeInvalidRequest: true}
+var azDecodeCodes = map[string]bool{
+	CodeInvalidJSON: true, CodeInvalidRequest: true,
+	CodeDuplicateField: true, CodeNestingTooDeep: true, CodeNumberOutOfRange: true,
+}
 
 // FuzzDecodeEvaluation: for any body, the AuthZEN decoders (single evaluation, batch and every
 // item of it, the three searches) never panic; each either accepts a request that keeps the

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -98,23 +97,6 @@ func readBody(r *http.Request, limit int64) ([]byte, *apiError) {
 		return nil, tooLarge
 	}
 	return body, nil
-}
-
-// decodeJSON decodes one JSON object from body into v, keeping numbers exact. Errors name the
-// field at fault.
-func decodeJSON(body []byte, v any) *apiError {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return errorf(CodeInvalidJSON, "request body is empty; want a JSON object")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	if err := dec.Decode(v); err != nil {
-		return jsonError(err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errorf(CodeInvalidJSON, "unexpected data after the JSON object")
-	}
-	return nil
 }
 
 func jsonError(err error) *apiError {

@@ -47,7 +47,10 @@ func quote(s string) string {
 func ptr[T any](v T) *T { return &v }
 
 // stableCodes are the codes decoding may return.
-var stableCodes = map[string]bool{CodeInvalidJSON: true, CodeInvalidRequest: true}
+var stableCodes = map[string]bool{
+	CodeInvalidJSON: true, CodeInvalidRequest: true,
+	CodeUnknownField: true, CodeDuplicateField: true, CodeNestingTooDeep: true, CodeNumberOutOfRange: true,
+}
 
 // errSummary is what a caller relies on in a decoding error: its stable code, and that the
 // message names the field (or the place) at fault.
@@ -81,7 +84,11 @@ func TestDecodeAuthorizeRejects(t *testing.T) {
 		{"raw NUL in string", "{\"agent\":{\"id\":\"a\x00b\"},\"tool\":{\"name\":\"t\"}}", CodeInvalidJSON, "malformed JSON"},
 		{"raw newline in string", "{\"agent\":{\"id\":\"a\nb\"},\"tool\":{\"name\":\"t\"}}", CodeInvalidJSON, "malformed JSON"},
 		{"byte order mark", "\xef\xbb\xbf" + minimal(""), CodeInvalidJSON, "malformed JSON"},
-		{"deep nesting", deep, CodeInvalidJSON, "max depth"},
+		{"deep nesting", deep, CodeNestingTooDeep, "nested deeper than 64 levels"},
+		{"1e400", minimal(`"context":{"n":1e400}`), CodeNumberOutOfRange, "context.n: 1e400"},
+		{"unknown member", minimal(`"resources":{}`), CodeUnknownField, "resources: unknown field"},
+		{"case variant member", minimal(`"Agent":{}`), CodeUnknownField, `case-exact: "agent"`},
+		{"duplicate member", minimal(`"tool":{"name":"u"}`), CodeDuplicateField, "tool: sent twice"},
 		{"two objects", minimal("") + minimal(""), CodeInvalidJSON, "after the JSON object"},
 		{"trailing garbage", minimal("") + " x", CodeInvalidJSON, "after the JSON object"},
 		{"trailing brace", minimal("") + "}", CodeInvalidJSON, "after the JSON object"},
@@ -152,7 +159,7 @@ func TestDecodeAuthorizeRejects(t *testing.T) {
 		{"task.parent_id too long", minimal(`"task":{"parent_id":"` + long + `"}`), CodeInvalidRequest, "task.parent_id: longer than 1024 bytes"},
 		{"task.session_id too long", minimal(`"task":{"session_id":"` + long + `"}`), CodeInvalidRequest, "task.session_id: longer than 1024 bytes"},
 		// An invalid byte decodes to U+FFFD (3 bytes), so 1024 raw bytes can exceed the limit.
-		{"agent.id invalid UTF-8 grows past limit", "{\"agent\":{\"id\":\"" + strings.Repeat("\xff", 342) + "\"},\"tool\":{\"name\":\"t\"}}", CodeInvalidRequest, "agent.id: longer than 1024 bytes"},
+		{"agent.id invalid UTF-8", "{\"agent\":{\"id\":\"" + strings.Repeat("\xff", 342) + "\"},\"tool\":{\"name\":\"t\"}}", CodeInvalidJSON, "not valid UTF-8"},
 
 		// Correlation IDs: 1 to 256 visible ASCII characters.
 		{"correlation_id empty", minimal(`"correlation_id":""`), CodeInvalidRequest, "correlation_id: want 1 to 256 visible ASCII characters"},
@@ -165,7 +172,7 @@ func TestDecodeAuthorizeRejects(t *testing.T) {
 		{"correlation_id DEL", minimal(`"correlation_id":"a\u007f"`), CodeInvalidRequest, "correlation_id"},
 		{"correlation_id non-ASCII", minimal(`"correlation_id":"café"`), CodeInvalidRequest, "correlation_id"},
 		{"correlation_id emoji", minimal(`"correlation_id":"😀"`), CodeInvalidRequest, "correlation_id"},
-		{"correlation_id invalid UTF-8", minimal("\"correlation_id\":\"a\xffb\""), CodeInvalidRequest, "correlation_id"},
+		{"correlation_id invalid UTF-8", minimal("\"correlation_id\":\"a\xffb\""), CodeInvalidJSON, "not valid UTF-8"},
 		{"correlation_id 257 chars", minimal(`"correlation_id":"` + strings.Repeat("c", 257) + `"`), CodeInvalidRequest, "correlation_id"},
 	}
 	for _, tc := range tests {
@@ -230,11 +237,6 @@ func TestDecodeAuthorizeAccepts(t *testing.T) {
 		{name: "minimal", body: minimal(""), want: ids("a", "t")},
 		{name: "surrounding whitespace", body: "\n\t " + minimal("") + " \r\n", want: ids("a", "t")},
 		{
-			name: "unknown fields ignored",
-			body: `{"agent":{"id":"a","role":"x"},"tool":{"name":"t","version":2},"extra":[1,{"b":null}],"user":{"id":"u","admin":true}}`,
-			want: &authorizeRequest{Agent: &agentBody{ID: "a"}, Tool: &toolBody{Name: "t"}, User: &entityBody{ID: "u"}},
-		},
-		{
 			name: "optional members null",
 			body: minimal(`"correlation_id":null,"user":null,"resource":null,"task":null,"context":null`),
 			want: ids("a", "t"),
@@ -251,11 +253,11 @@ func TestDecodeAuthorizeAccepts(t *testing.T) {
 		},
 		{
 			name: "numbers kept exact",
-			body: minimal(`"context":{"big":12345678901234567890123,"tenth":0.1,"huge":1e400,"neg":-0,"list":[1.50,2E-3]}`),
+			body: minimal(`"context":{"big":12345678901234567890123,"tenth":0.1,"tiny":1e-400,"neg":-0,"list":[1.50,2E-3]}`),
 			want: &authorizeRequest{Agent: &agentBody{ID: "a"}, Tool: &toolBody{Name: "t"}, Context: map[string]any{
 				"big":   json.Number("12345678901234567890123"),
 				"tenth": json.Number("0.1"),
-				"huge":  json.Number("1e400"),
+				"tiny":  json.Number("1e-400"), // rounds to 0: finite
 				"neg":   json.Number("-0"),
 				"list":  []any{json.Number("1.50"), json.Number("2E-3")},
 			}},
@@ -275,7 +277,6 @@ func TestDecodeAuthorizeAccepts(t *testing.T) {
 		},
 		{name: "ids of exactly 1024 bytes", body: `{"agent":{"id":"` + id1024 + `"},"tool":{"name":"` + id1024 + `"}}`, want: ids(id1024, id1024)},
 		{name: "multibyte id of exactly 1024 bytes", body: `{"agent":{"id":"` + multibyte1024 + `"},"tool":{"name":"t"}}`, want: ids(multibyte1024, "t")},
-		{name: "invalid UTF-8 bytes in id become U+FFFD", body: "{\"agent\":{\"id\":\"a\xffb\xc0\"},\"tool\":{\"name\":\"t\"}}", want: ids("a\uFFFDb\uFFFD", "t")},
 		{name: "lone surrogate escape becomes U+FFFD", body: `{"agent":{"id":"a\ud800"},"tool":{"name":"t"}}`, want: ids("a\uFFFD", "t")},
 		{name: "escaped NUL in id", body: `{"agent":{"id":"a\u0000b"},"tool":{"name":"t\u0000"}}`, want: ids("a\x00b", "t\x00")},
 		{name: "escaped control characters in id", body: `{"agent":{"id":"a\nb\tc\r"},"tool":{"name":"t"}}`, want: ids("a\nb\tc\r", "t")},
@@ -334,17 +335,18 @@ func TestDecodeAuthorizeAccepts(t *testing.T) {
 	}
 }
 
-// TestDecodeAuthorizeDeepNesting: encoding/json allows 10000 levels; the request object and
-// "context" take one of them.
+// TestDecodeAuthorizeDeepNesting: a body nests at most MaxNestingDepth (64) levels, the request
+// object being the first; encoding/json alone allowed 10000.
 func TestDecodeAuthorizeDeepNesting(t *testing.T) {
 	tests := []struct {
 		name  string
 		depth int
 		code  string // "" when accepted
 	}{
-		{"9999 levels in context", 9999, ""},
-		{"10000 levels in context", 10000, CodeInvalidJSON},
-		{"20000 levels in context", 20000, CodeInvalidJSON},
+		{"63 levels in context", 63, ""},
+		{"64 levels in context", 64, CodeNestingTooDeep},
+		{"9999 levels in context", 9999, CodeNestingTooDeep},
+		{"20000 levels in context", 20000, CodeNestingTooDeep},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -40,6 +40,15 @@ const (
 	CodeSubjectNotAllowed = "subject_not_allowed"
 	// CodeMisdirectedRequest: the Host header names neither this server nor its public URL.
 	CodeMisdirectedRequest = "misdirected_request"
+	// CodeUnknownField: a native body has a member its endpoint does not define (names are
+	// case-exact). The error's field names it.
+	CodeUnknownField = "unknown_field"
+	// CodeDuplicateField: an object has the same member twice, or twice in different case.
+	CodeDuplicateField = "duplicate_field"
+	// CodeNestingTooDeep: the body nests objects and arrays deeper than MaxNestingDepth.
+	CodeNestingTooDeep = "nesting_too_deep"
+	// CodeNumberOutOfRange: a number is not a finite float64 (such as 1e400).
+	CodeNumberOutOfRange = "number_out_of_range"
 )
 
 // statusOf is the one table from error code to HTTP status.
@@ -68,12 +77,19 @@ var statusOf = map[string]int{
 	CodeApprovalLinkInvalid:    http.StatusForbidden,
 	CodeSubjectNotAllowed:      http.StatusForbidden,
 	CodeMisdirectedRequest:     http.StatusMisdirectedRequest,
+	CodeUnknownField:           http.StatusBadRequest,
+	CodeDuplicateField:         http.StatusBadRequest,
+	CodeNestingTooDeep:         http.StatusBadRequest,
+	CodeNumberOutOfRange:       http.StatusBadRequest,
 }
 
 // apiError is an error with a stable code, rendered as {"error":{"code","message"}}.
 type apiError struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// Field names the member at fault, by path (tool.arguments.to, evaluations[2].subject), when
+	// the error is about one member of the body.
+	Field string `json:"field,omitempty"`
 	// denied is set when the error stands for a decision that is answered as a deny.
 	denied *deniedDecision
 }

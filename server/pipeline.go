@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
@@ -34,9 +35,9 @@ type decoded struct {
 }
 
 // begin checks the content type, reads the body, authenticates the caller and decodes the body
-// with decode. A refused caller is recorded as a denied attempt with whatever the body claimed
-// and answered with the refusal, before any decode error: a bad credential is an attack or a
-// bug, and is answered as such.
+// with decode. A refused caller is recorded as a fixed summary of the attempt, within the refusal
+// limits (refusal.go), and answered with the refusal before any decode error: a bad credential is
+// an attack or a bug, and is answered as such.
 func (s *Server) begin(c echo.Context, endpoint string, decode func(body []byte) (decoded, *apiError)) (*exchange, *apiError) {
 	req := c.Request()
 	if err := checkContentType(req); err != nil {
@@ -49,20 +50,11 @@ func (s *Server) begin(c echo.Context, endpoint string, decode func(body []byte)
 	cl, authErr := s.authenticate(c)
 	d, derr := decode(body)
 	if authErr != nil {
-		var corr *string
+		var claimed *agentcall.Call
 		if derr == nil {
-			corr = d.correlationID
+			claimed = d.claimed
 		}
-		meta, merr := s.meta(c, corr)
-		if merr != nil {
-			meta.correlationID = s.newID()
-		}
-		x := &exchange{s: s, c: c, endpoint: endpoint, meta: meta}
-		in := emptyInput()
-		if derr == nil && d.claimed != nil {
-			in = x.input(d.claimed, &meta)
-		}
-		x.refuse(in, authErr, meta)
+		s.refuseAttempt(c, endpoint, claimed, authErr)
 		return nil, authErr
 	}
 	if derr != nil {
@@ -162,7 +154,31 @@ func (s *Server) refusalRecord(endpoint string, in *pdp.Input, m requestMeta, cl
 	rec.Reasons = []string{refusalReason(cause.Code)}
 	rec.Error = cause.Message
 	rec.Caller = cl.ref()
+	boundRecord(rec)
 	return rec
+}
+
+// refuseBatchIdentity refuses a whole batch, as one record, when any of its n calls names
+// someone other than the caller proves: the batch is refused for its caller, not item by item
+// (once 1,000 items made 1,000 records). call returns nil for an item that does not resolve,
+// which is left to be that item's own deny.
+func (x *exchange) refuseBatchIdentity(n int, call func(i int) *agentcall.Call) *outcome {
+	if x.caller == nil || (x.caller.delegation == nil && x.caller.workload == "") {
+		return nil // nothing proven, nothing to mismatch
+	}
+	for i := range n {
+		c := call(i)
+		if c == nil {
+			continue
+		}
+		m := x.meta
+		in := x.input(c, &m)
+		if err := applyIdentity(in, x.caller, true); err != nil {
+			err.Message = fmt.Sprintf("evaluations[%d]: %s; the batch is refused", i, err.Message)
+			return x.refuse(in, err, m)
+		}
+	}
+	return nil
 }
 
 // refusalReason is the recorded reason of a refusal with code: every failed authentication is

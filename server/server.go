@@ -79,6 +79,7 @@ type Server struct {
 	// Approvals (approval.go).
 	approvalCfg ApprovalConfig
 	approvals   *approvalStore
+	refusals    *refusalLimiter // refusal.go
 
 	echo *echo.Echo
 }
@@ -129,6 +130,7 @@ func New(decider Decider, publisher decisionlog.Publisher, intent *decisionlog.I
 		newID:     NewUUIDv7,
 		maxBody:   DefaultMaxBodyBytes,
 		ready:     map[string]ReadyCheck{},
+		refusals:  newRefusalLimiter(DefaultRefusalLimits),
 	}
 	for _, o := range opts {
 		o(s)
