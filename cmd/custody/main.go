@@ -58,7 +58,8 @@ commands:
   bundle   'custody bundle push FILE': roll a policy bundle out to every 'serve --bundle-source nats'
   mcp      an MCP gateway: every upstream tools/call goes through the PDP first
   keys     print the checkpoint verifier key; 'custody keys api-key NAME' makes an API key;
-           'custody keys nats-creds --role bundle-pusher --out FILE' a credential for the embedded NATS
+           'custody keys nats-creds --role bundle-pusher --out FILE' a credential for the embedded NATS;
+           'custody keys dev-issuer --out DIR' a JWKS and a delegation token, for trying custody (not production)
   version  print the version
 
 Run 'custody <command> -h' for a command's flags.
