@@ -59,3 +59,15 @@ func TestServeCleanStopIsQuiet(t *testing.T) {
 		t.Errorf("a clean stop warned:\n%s", out)
 	}
 }
+
+// TestCount: counts printed by the CLI agree with their number ("1 record", not "1 records").
+func TestCount(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want string
+	}{{0, "0 records"}, {1, "1 record"}, {2, "2 records"}} {
+		if got := count(tc.n, "record"); got != tc.want {
+			t.Errorf("count(%d) = %q, want %q", tc.n, got, tc.want)
+		}
+	}
+}
