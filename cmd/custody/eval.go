@@ -269,22 +269,27 @@ func orNoReasons(r []string) []string {
 	return r
 }
 
-// sameJSON reports whether a and b are the same JSON value: a record's numbers are json.Number,
-// the policy's may not be.
+// sameJSON reports whether a and b are the same JSON value, compared as JSON text decoded
+// alike: a record's numbers are json.Number, the policy's may be other types, and a number no
+// float64 holds (1e400) must still compare.
 func sameJSON(a, b map[string]any) bool {
 	if len(a) == 0 && len(b) == 0 {
 		return true
 	}
-	norm := func(v map[string]any) any {
+	norm := func(v map[string]any) (any, bool) {
 		raw, err := json.Marshal(v)
 		if err != nil {
-			return err.Error()
+			return nil, false
 		}
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
 		var out any
-		_ = json.Unmarshal(raw, &out)
-		return out
+		err = dec.Decode(&out)
+		return out, err == nil
 	}
-	return reflect.DeepEqual(norm(a), norm(b))
+	na, okA := norm(a)
+	nb, okB := norm(b)
+	return okA && okB && reflect.DeepEqual(na, nb)
 }
 
 func outcome(allow bool) string {
