@@ -150,7 +150,11 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 func evalKindOf(raw []byte) (string, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &top); err != nil || top == nil {
-		return "", fmt.Errorf("%w: eval: input is not a JSON object (a policy input, a /v1/authorize body, an AuthZEN evaluation request or a decision record)", errUsage)
+		why := "want one JSON object"
+		if err != nil {
+			why = err.Error()
+		}
+		return "", fmt.Errorf("%w: eval: input is not a policy input object (nor a /v1/authorize body, an AuthZEN evaluation request or a decision record): %s", errUsage, why)
 	}
 	has := func(keys ...string) bool {
 		for _, k := range keys {

@@ -168,7 +168,8 @@ func TestEvalReadsWhatWasSent(t *testing.T) {
 		{"AuthZEN batch", `{"subject": {"type": "user", "id": "alice"}, "evaluations": [{"action": {"name": "x"}}]}`, nil, "eval decides one evaluation"},
 		{"a native body said to be a policy input", nativeMail, []string{"--kind", "input"}, `unknown field "user"`},
 		{"an unknown kind", aliceSendsMail, []string{"--kind", "guess"}, `--kind "guess"`},
-		{"not an object", `[1]`, nil, "not a JSON object"},
+		{"not an object", `[1]`, nil, "not a policy input object"},
+		{"not JSON", `{`, nil, "not a policy input object (nor a /v1/authorize body, an AuthZEN evaluation request or a decision record): unexpected end of JSON input"},
 	}
 	for _, tc := range refused {
 		t.Run(tc.name, func(t *testing.T) {
