@@ -102,7 +102,7 @@ func TestReadersCallForgedRecordsUnverified(t *testing.T) {
 		if err != nil {
 			t.Fatalf("trace: %v\n%s", err, out)
 		}
-		if !strings.Contains(out, "1 decisions (1 allow, 0 deny)") {
+		if !strings.Contains(out, "1 decision (1 allow, 0 deny)") {
 			t.Errorf("trace counts forged records as decisions:\n%s", out)
 		}
 		for _, id := range []string{"forged-unsealed", "forged-renamed", "forged-huge"} {

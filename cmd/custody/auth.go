@@ -75,7 +75,8 @@ func authFlags(fs *flag.FlagSet, a *app.AuthConfig) {
 }
 
 // runKeys implements `custody keys`: the checkpoint verifier key to give to verifiers, or
-// `custody keys api-key NAME` for a new API key.
+// `custody keys api-key NAME` for a new API key, or `custody keys dev-issuer` for a development
+// token issuer.
 func runKeys(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "api-key" {
 		if len(args) != 2 {
@@ -87,6 +88,9 @@ func runKeys(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "api key (give it to the caller; custody keeps only its hash):\n  %s\nline for --api-keys-file:\n  %s\n", key, line)
 		return nil
+	}
+	if len(args) > 0 && args[0] == "dev-issuer" {
+		return runDevIssuer(args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "nats-creds" {
 		return runNATSCreds(args[1:], stdout, stderr)

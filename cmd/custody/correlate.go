@@ -85,7 +85,7 @@ func runCorrelate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			fmt.Fprintf(stdout, "%-12s %s %s\n", strings.ToUpper(l.Status), l.Line, l.Reason)
 		}
 		s := res.Summary
-		fmt.Fprintf(stdout, "%d lines: %d attributed, %d unattributed, %d contradicted, %d unverified\n", s.Lines, s.Attributed, s.Unattributed, s.Contradicted, s.Unverified)
+		fmt.Fprintf(stdout, "%s: %d attributed, %d unattributed, %d contradicted, %d unverified\n", count(s.Lines, "line"), s.Attributed, s.Unattributed, s.Contradicted, s.Unverified)
 	}
 	if !res.Clean() {
 		return errFindings

@@ -31,6 +31,8 @@ func TestEval(t *testing.T) {
 	bundletest.WriteFile(t, input, []byte(aliceSendsMail))
 	wrongShape := filepath.Join(dir, "native.json")
 	bundletest.WriteFile(t, wrongShape, []byte(`{"user": {"id": "alice@acme.example"}, "tool": {"name": "send_email"}}`))
+	misspelled := filepath.Join(dir, "misspelled.json")
+	bundletest.WriteFile(t, misspelled, []byte(`{"agent": {"id": "a"}, "delegaton": {"verified": true}}`))
 
 	embedded, err := bundles.FromFS(policies.FS, app.EmbeddedSource)
 	if err != nil {
@@ -59,17 +61,17 @@ func TestEval(t *testing.T) {
 		{
 			name: "embedded policies",
 			args: []string{"--input", input},
-			want: &evalOutput{Allow: true, Reasons: []string{"allowed"}, Revision: embedded.Revision, Query: "data.custody.authz.decision"},
+			want: &evalOutput{Kind: "input", Allow: true, Reasons: []string{"allowed"}, Revision: embedded.Revision, Query: "data.custody.authz.decision"},
 		},
 		{
 			name: "signed bundle, read like opa eval does without a key",
 			args: []string{"--policies", signedFile, "--input", input},
-			want: &evalOutput{Allow: true, Reasons: []string{"allowed"}, Revision: "2026.05.1", Query: "data.custody.authz.decision"},
+			want: &evalOutput{Kind: "input", Allow: true, Reasons: []string{"allowed"}, Revision: "2026.05.1", Query: "data.custody.authz.decision"},
 		},
 		{
 			name: "signed bundle, verified",
 			args: []string{"--policies", signedFile, "--input", input, "--bundle-verification-key", key.Verify, "--bundle-verification-alg", key.Alg},
-			want: &evalOutput{Allow: true, Reasons: []string{"allowed"}, Revision: "2026.05.1", Query: "data.custody.authz.decision"},
+			want: &evalOutput{Kind: "input", Allow: true, Reasons: []string{"allowed"}, Revision: "2026.05.1", Query: "data.custody.authz.decision"},
 		},
 		{
 			name:     "tampered bundle, verified",
@@ -80,15 +82,21 @@ func TestEval(t *testing.T) {
 		{
 			name:     "policy error",
 			args:     []string{"--policies", policyErrFile, "--input", input},
-			want:     &evalOutput{Reasons: []string{"policy_error"}, Revision: "bad-1", Query: "data.custody.authz.decision", Error: "pdp: decision is string, want boolean or object"},
+			want:     &evalOutput{Kind: "input", Reasons: []string{"policy_error"}, Revision: "bad-1", Query: "data.custody.authz.decision", Error: "pdp: decision is string, want boolean or object"},
 			wantCode: 1,
 			errText:  "policy error",
 		},
 		{
-			name:     "a native request body is not a policy input",
+			name:     "a native request body is read as one, and checked as the server checks it",
 			args:     []string{"--input", wrongShape},
 			wantCode: 2,
-			errText:  `unknown field "user"`,
+			errText:  `a native /v1/authorize request body: invalid_request: agent.id: required`,
+		},
+		{
+			name:     "a policy input with a misspelled field",
+			args:     []string{"--input", misspelled},
+			wantCode: 2,
+			errText:  `unknown field "delegaton"`,
 		},
 		{
 			name:     "a scope without a key",

@@ -108,7 +108,7 @@ func runEvidence(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return fmt.Errorf("evidence: write: %w", err)
 	}
-	fmt.Fprintf(stderr, "custody evidence: %d records, %d checkpoints, %d bytes of inclusion proofs\n", len(doc.Records), len(doc.Checkpoints), doc.ProofBytes())
+	fmt.Fprintf(stderr, "custody evidence: %s, %s, %s of inclusion proofs\n", count(len(doc.Records), "record"), count(len(doc.Checkpoints), "checkpoint"), count(doc.ProofBytes(), "byte"))
 	return nil
 }
 
@@ -164,8 +164,8 @@ func verifyEvidenceFile(path string, pubkeys []string, stdout io.Writer) error {
 		return fmt.Errorf("verify: %w: evidence keys: %v", errVerifyFailed, cmpErr(err, errors.New("none")))
 	}
 	res := evidence.Check(doc, verifiers)
-	fmt.Fprintf(stdout, "evidence for correlation ID %s: %d records, %d checkpoints, %d bytes of inclusion proofs\n",
-		printableArg(doc.CorrelationID), len(doc.Records), len(doc.Checkpoints), res.ProofBytes)
+	fmt.Fprintf(stdout, "evidence for correlation ID %s: %s, %s, %s of inclusion proofs\n",
+		printableArg(doc.CorrelationID), count(len(doc.Records), "record"), count(len(doc.Checkpoints), "checkpoint"), count(res.ProofBytes, "byte"))
 	if own {
 		fmt.Fprintln(stdout, "WARNING: checked with the keys inside the document (no --pubkey): this shows the document is consistent, not that custody signed it")
 	}

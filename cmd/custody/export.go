@@ -108,7 +108,7 @@ func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if out != "" {
 		dest = out
 	}
-	fmt.Fprintf(stderr, "custody export: %d messages to %s\n", n, dest)
+	fmt.Fprintf(stderr, "custody export: %s to %s\n", count(n, "message"), dest)
 	return nil
 }
 
@@ -208,6 +208,11 @@ func reportRead(w io.Writer, cmd string, st custodyjs.ReadStats) {
 	if st.Missing > 0 {
 		fmt.Fprintf(w, "custody %s: %d stream %s up to seq %d %s not on the stream (expired or removed)\n", cmd, st.Missing, plural(st.Missing, "sequence", "sequences"), st.End, plural(st.Missing, "was", "were"))
 	}
+}
+
+// count is n and the noun one, in the plural (one+"s") unless n is 1: "1 record", "2 records".
+func count[N int | int64 | uint64](n N, one string) string {
+	return fmt.Sprintf("%d %s", n, plural(uint64(n), one, one+"s"))
 }
 
 func plural(n uint64, one, many string) string {

@@ -60,7 +60,8 @@ commands:
   receipt  'custody receipt verify --jwks URL|FILE --call FILE RECEIPT': check a receipt against the call about to run
   mcp      an MCP gateway: every upstream tools/call goes through the PDP first
   keys     print the checkpoint verifier key; 'custody keys api-key NAME' makes an API key;
-           'custody keys nats-creds --role bundle-pusher --out FILE' a credential for the embedded NATS
+           'custody keys nats-creds --role bundle-pusher --out FILE' a credential for the embedded NATS;
+           'custody keys dev-issuer --out DIR' a JWKS and a delegation token, for trying custody (not production)
   approve  answer a pending approval as an approver: 'custody approve <approval-id> --approver-key-file FILE'
   version  print the version
 

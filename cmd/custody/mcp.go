@@ -208,7 +208,7 @@ func runMCP(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) e
 
 	principal := mcpgw.StaticPrincipal(base)
 	if cfg.listen != "" {
-		principal = mcpgw.BearerPrincipal(base)
+		principal = requireSomeone(mcpgw.BearerPrincipal(base))
 	}
 	g := mcpgw.New(auth, mcpgw.WithLogger(logger), mcpgw.WithPrincipal(principal),
 		mcpgw.WithApprovalTTL(cfg.approvalTTL), mcpgw.WithVersion(version()))
@@ -265,6 +265,23 @@ func startInProcessPDP(ctx context.Context, cfg app.Config, logger zerolog.Logge
 		done <- err
 	}()
 	return a, done, nil
+}
+
+// errNoPrincipal answers an HTTP request that names no one: no bearer token, and no --agent for
+// the gateway to fall back on. The PDP would refuse it as "subject.id: required", which tells a
+// client's author nothing about what to send.
+var errNoPrincipal = errors.New("custody mcp: this request names no one: send a delegation token as \"Authorization: Bearer <token>\" (custody keys dev-issuer makes one to try with), or start custody mcp with --agent (and --user) for clients that send none")
+
+// requireSomeone refuses, with errNoPrincipal, a request whose principal names neither a token,
+// an agent nor a user.
+func requireSomeone(f mcpgw.PrincipalFunc) mcpgw.PrincipalFunc {
+	return func(ctx context.Context, extra *mcp.RequestExtra) (mcpgw.Principal, error) {
+		p, err := f(ctx, extra)
+		if err == nil && p.Token == "" && p.Agent.ID == "" && p.User == nil {
+			return mcpgw.Principal{}, errNoPrincipal
+		}
+		return p, err
+	}
 }
 
 // tokenActor reads, without verifying, the act.sub claim of a JWT: the agent it names. The PDP

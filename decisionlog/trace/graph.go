@@ -268,9 +268,10 @@ func (g *Graph) WriteText(w io.Writer) error {
 	if root.Time != nil {
 		fmt.Fprintf(&b, "  first decision %s\n", root.Time.UTC().Format(time.RFC3339Nano))
 	}
-	fmt.Fprintf(&b, "  %d decisions (%d allow, %d deny), %d executions, %d flagged as violations\n", d["decisions"], d["allows"], d["denies"], d["executions"], d["violations"])
+	fmt.Fprintf(&b, "  %s (%d allow, %d deny), %s, %d flagged as %s\n", count(d["decisions"], "decision"), d["allows"], d["denies"],
+		count(d["executions"], "execution"), d["violations"], plural(d["violations"], "violation", "violations"))
 	if n, _ := d["unverified"].(int); n > 0 {
-		fmt.Fprintf(&b, "  %d messages that do not verify, not counted: forged or damaged (run custody verify)\n", n)
+		fmt.Fprintf(&b, "  %s that %s not verify, not counted: forged or damaged (run custody verify)\n", count(n, "message"), plural(n, "does", "do"))
 	}
 	var walk func(id, indent string)
 	walk = func(id, indent string) {
@@ -366,4 +367,14 @@ func (g *Graph) WriteMermaid(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// count is n and the noun one, in the plural unless n is 1: "1 decision", "2 decisions".
+func count(n any, one string) string { return fmt.Sprintf("%v %s", n, plural(n, one, one+"s")) }
+
+func plural(n any, one, many string) string {
+	if i, ok := n.(int); ok && i == 1 {
+		return one
+	}
+	return many
 }

@@ -152,3 +152,28 @@ func TestCorrelate(t *testing.T) {
 		t.Error("Clean with bad lines")
 	}
 }
+
+// TestWriteTextCounts: the summary line says "1 decision", not "1 decisions".
+func TestWriteTextCounts(t *testing.T) {
+	one := []decisionlog.Record{decision("d-1", 1, "t-1", "", 1, "researcher", "read_file", "a.txt", true)}
+	tests := []struct {
+		name    string
+		records []decisionlog.Record
+		want    string
+	}{
+		{"one of each", append(one, execution("e-1", "d-1", 2, "succeeded", decisionlog.ViolationExecutedAfterDeny)), "  1 decision (1 allow, 0 deny), 1 execution, 1 flagged as violation\n"},
+		{"one decision", one, "  1 decision (1 allow, 0 deny), 0 executions, 0 flagged as violations\n"},
+		{"several", fixture(), "  4 decisions (3 allow, 1 deny), 4 executions, 1 flagged as violation\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var text bytes.Buffer
+			if err := trace.Build("c-1", tc.records).WriteText(&text); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(text.String(), tc.want) {
+				t.Errorf("text lacks %q:\n%s", tc.want, text.String())
+			}
+		})
+	}
+}

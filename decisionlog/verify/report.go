@@ -126,7 +126,7 @@ func (r *Report) Summary(w io.Writer) error {
 		if c.Records == 0 {
 			p.printf("  chain        no chained records\n")
 		} else {
-			p.printf("  chain        seq %d to %d, %d records, head hash %s\n", c.FirstSeq, c.LastSeq, c.Records, orDash(c.HeadHash))
+			p.printf("  chain        seq %d to %d, %d %s, head hash %s\n", c.FirstSeq, c.LastSeq, c.Records, plural(uint64(c.Records), "record", "records"), orDash(c.HeadHash))
 			if c.FirstSeq > 1 {
 				p.printf("  start        seqs 1 to %d are not in the input (expired by retention, or before an export's --since): the chain is checked from seq %d\n", c.FirstSeq-1, c.FirstSeq)
 			}

@@ -481,7 +481,10 @@ func connectNATS(url string, client NATSClient, name string, log zerolog.Logger,
 		nats.Timeout(5 * time.Second),
 		nats.MaxReconnects(-1), // keep trying: while disconnected, decisions are 503 denies
 		nats.ReconnectWait(250 * time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if c.IsClosed() {
+				return // custody closed it: a clean stop, not an outage
+			}
 			log.Warn().Err(err).Msg("nats disconnected")
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {

@@ -1,21 +1,19 @@
 // Package tokentest issues real signed JWTs and JWKS for tests: an issuer with keys it generates,
-// that can rotate them and mint tokens with any claims, including broken ones.
+// that can rotate them and mint tokens with any claims, including broken ones. It signs with
+// internal/devissuer, as `custody keys dev-issuer` does.
 package tokentest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"os"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
-	"github.com/lestrrat-go/jwx/v3/jwt"
+
+	"github.com/custodyhq/custody/internal/devissuer"
 )
 
 // Issuer signs tokens with an ES256 key it generated; Rotate replaces the key with a new one.
@@ -38,22 +36,13 @@ func NewIssuer(t testing.TB, iss string) *Issuer {
 // Rotate adds a new signing key. With retire, the previous keys leave the JWKS.
 func (is *Issuer) Rotate(t testing.TB, retire bool) {
 	t.Helper()
-	raw, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := jwk.Import(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
 	is.mu.Lock()
 	defer is.mu.Unlock()
 	is.n++
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
-	must(t, k.Set(jwk.KeyIDKey, fmt.Sprintf("key-%d-%x", is.n, suffix)))
-	must(t, k.Set(jwk.AlgorithmKey, jwa.ES256()))
-	must(t, k.Set(jwk.KeyUsageKey, "sig"))
+	k, err := devissuer.NewKey(fmt.Sprintf("key-%d-%x", is.n, suffix))
+	must(t, err)
 	if retire {
 		is.keys = nil
 	}
@@ -73,18 +62,8 @@ func (is *Issuer) JWKS(t testing.TB) []byte {
 	t.Helper()
 	is.mu.Lock()
 	defer is.mu.Unlock()
-	set := jwk.NewSet()
-	for _, k := range is.keys {
-		pub, err := k.PublicKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		must(t, set.AddKey(pub))
-	}
-	raw, err := json.Marshal(set)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, err := devissuer.JWKS(is.keys...)
+	must(t, err)
 	return raw
 }
 
@@ -102,31 +81,16 @@ type Claims map[string]any
 // Token signs claims with the current key.
 func (is *Issuer) Token(t testing.TB, claims Claims) string {
 	t.Helper()
-	b := jwt.NewBuilder()
-	if _, ok := claims["iss"]; !ok {
-		b = b.Issuer(is.Name)
-	}
-	if _, ok := claims["exp"]; !ok {
-		b = b.Expiration(time.Now().Add(5 * time.Minute))
-	}
-	if _, ok := claims["iat"]; !ok {
-		b = b.IssuedAt(time.Now())
-	}
+	all := map[string]any{"iss": is.Name, "exp": time.Now().Add(5 * time.Minute), "iat": time.Now()}
 	for k, v := range claims {
-		b = b.Claim(k, v)
-	}
-	tok, err := b.Build()
-	if err != nil {
-		t.Fatal(err)
+		all[k] = v
 	}
 	is.mu.Lock()
 	key := is.keys[len(is.keys)-1]
 	is.mu.Unlock()
-	signed, err := jwt.Sign(tok, jwt.WithKey(jwa.ES256(), key))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(signed)
+	signed, err := devissuer.Sign(key, all)
+	must(t, err)
+	return signed
 }
 
 func must(t testing.TB, err error) {

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custodyhq/custody/internal/natstest"
+)
+
+// TestServeNATSPortInUse: a clash on the NATS port fails serve at once as "address already in
+// use", not after the embedded server's ready timeout as "not ready".
+func TestServeNATSPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	start := time.Now()
+	err = runServe(t.Context(), []string{"--data-dir", t.TempDir(), "--addr", "127.0.0.1:0", "--nats-listen", ln.Addr().String()}, nil, &strings.Builder{})
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("serve on a busy NATS port: %v; want address already in use", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("took %s to fail; want at once", took)
+	}
+}
+
+// TestServeCleanStopIsQuiet: stopping serve closes its own NATS connection, which is no
+// disconnection to warn about.
+func TestServeCleanStopIsQuiet(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	var stderr syncBuffer
+	go func() {
+		done <- runServe(ctx, []string{"--data-dir", t.TempDir(), "--addr", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0"}, nil, &stderr)
+	}()
+	natstest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		select {
+		case err := <-done:
+			t.Fatalf("serve returned before serving: %v\n%s", err, stderr.String())
+		default:
+		}
+		if !strings.Contains(stderr.String(), `"message":"custody serving"`) {
+			return errors.New("not serving yet")
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond) // nats.go calls its disconnect handler asynchronously
+	if out := stderr.String(); strings.Contains(out, "nats disconnected") || strings.Contains(out, `"level":"warn"`) {
+		t.Errorf("a clean stop warned:\n%s", out)
+	}
+}
+
+// TestCount: counts printed by the CLI agree with their number ("1 record", not "1 records").
+func TestCount(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want string
+	}{{0, "0 records"}, {1, "1 record"}, {2, "2 records"}} {
+		if got := count(tc.n, "record"); got != tc.want {
+			t.Errorf("count(%d) = %q, want %q", tc.n, got, tc.want)
+		}
+	}
+}
