@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/custodyhq/custody/agentcall"
+	"github.com/custodyhq/custody/pdp"
 )
 
 // DecodeCall reads body as endpoint reads it (EndpointAuthorize or EndpointEvaluation), with the
@@ -27,4 +28,21 @@ func DecodeCall(endpoint string, body []byte) (*agentcall.Call, error) {
 	default:
 		return nil, fmt.Errorf("server: decode call: %q is not an endpoint of one call", endpoint)
 	}
+}
+
+// DecodeInput is DecodeCall mapped onto the policy input of an anonymous caller, exactly as the
+// server would decide it: identity applied as for a request with no credentials (input.caller
+// anonymous, body identities as claims), no intent hash.
+func DecodeInput(endpoint string, body []byte) (*pdp.Input, error) {
+	call, err := DecodeCall(endpoint, body)
+	if err != nil {
+		return nil, err
+	}
+	in := agentcall.Input(call, nil)
+	// AuthZEN always names its subject; a native body may leave the user out.
+	bodyUser := endpoint != EndpointAuthorize || call.Subject != nil
+	if aerr := applyIdentity(in, nil, bodyUser); aerr != nil {
+		return nil, aerr
+	}
+	return in, nil
 }

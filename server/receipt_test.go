@@ -166,7 +166,7 @@ func TestReceiptNamesAProvenDelegation(t *testing.T) {
 		name: "require_approval allow", agent: "spiffe://acme.example/agents/ops", scope: "files.write", body: highRisk,
 		want: map[string]any{
 			"delegation_verified": true, "server": "filesystem",
-			"obligations": map[string]any{"require_approval": true, "approval_reason": "high_risk_tool"},
+			"obligations": map[string]any{"require_approval": true, "approval_reason": "high_risk_tool", "approval_channels": []any{"approver_cli", "signed_url"}},
 			"caller":      map[string]any{"method": server.AuthJWT, "id": "alice@acme.example"},
 			"sub":         "alice@acme.example", "act": map[string]any{"sub": "spiffe://acme.example/agents/ops"},
 			"arguments_sha256": sha256Hex(`{"n":100,"path":"/srv/q3.xlsx","recursive":false}`),

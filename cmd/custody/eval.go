@@ -11,7 +11,6 @@ import (
 	"reflect"
 	"slices"
 
-	"github.com/custodyhq/custody/agentcall"
 	"github.com/custodyhq/custody/decisionlog"
 	"github.com/custodyhq/custody/internal/app"
 	"github.com/custodyhq/custody/pdp"
@@ -186,7 +185,7 @@ func evalKindOf(raw []byte) (string, error) {
 }
 
 // evalInput is the policy input raw holds as kind, and the record it came from for a record.
-// Request bodies are read and mapped by the server's own decoder (server.DecodeCall) and
+// Request bodies are read and mapped by the server's own decoder (server.DecodeInput) and
 // agentcall, as an unauthenticated call: what the body claims is what the policy sees, with
 // delegation.verified false. The task intent is not hashed (the server's key is not here).
 func evalInput(kind string, raw []byte) (*pdp.Input, *decisionlog.Record, error) {
@@ -199,11 +198,11 @@ func evalInput(kind string, raw []byte) (*pdp.Input, *decisionlog.Record, error)
 				return nil, nil, err
 			}
 		}
-		call, err := server.DecodeCall(endpoint, raw)
+		in, err := server.DecodeInput(endpoint, raw)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: eval: %s: %w", errUsage, evalKindNames[kind], err)
 		}
-		return agentcall.Input(call, nil), nil, nil
+		return in, nil, nil
 	case evalKindRecord:
 		rec, err := decisionlog.DecodeRecord(raw)
 		if err != nil {

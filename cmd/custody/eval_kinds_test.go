@@ -145,7 +145,7 @@ func TestEvalReadsWhatWasSent(t *testing.T) {
 		{"native body", nativeMail, nil, evalOutput{Kind: "authorize", Allow: true, Reasons: []string{"allowed"}}},
 		{"AuthZEN evaluation", authzenMail, nil, evalOutput{Kind: "authzen", Allow: true, Reasons: []string{"allowed"}}},
 		{"AuthZEN evaluations without a batch", `{"subject": {"type": "user", "id": "alice@acme.example"}, "action": {"name": "send_email"}, "resource": {"type": "tool", "id": "send_email"}, "evaluations": []}`, nil,
-			evalOutput{Kind: "authzen", Reasons: []string{"unknown_agent", "user_lacks_scope"}}},
+			evalOutput{Kind: "authzen", Reasons: []string{"tool_not_on_agent_server", "unknown_agent", "user_lacks_scope"}}},
 		{"a policy input said to be one", aliceSendsMail, []string{"--kind", "input"}, evalOutput{Kind: "input", Allow: true, Reasons: []string{"allowed"}}},
 	}
 	for _, tc := range tests {
@@ -212,7 +212,7 @@ func TestEvalReDecidesRecord(t *testing.T) {
 	bundletest.Write(t, bundletest.New(t, "strict-1", nil, map[string]string{"authz.rego": "package custody.authz\n\ndecision := {\"allow\": false, \"reasons\": [\"frozen\"]}\n"}, nil), strict)
 
 	yes, no := true, false
-	recorded := &recordedDecision{DecisionID: recs[0].DecisionID, Allow: true, Reasons: recs[0].Reasons, Obligations: map[string]any{"approval_reason": "high_risk_tool", "require_approval": true}, Revision: recs[0].Policy.Revision}
+	recorded := &recordedDecision{DecisionID: recs[0].DecisionID, Allow: true, Reasons: recs[0].Reasons, Obligations: map[string]any{"approval_channels": []any{"approver_cli", "signed_url"}, "approval_reason": "high_risk_tool", "require_approval": true}, Revision: recs[0].Policy.Revision}
 	tests := []struct {
 		name string
 		args []string
