@@ -3,7 +3,7 @@ package decisionlog
 import (
 	"time"
 
-	"github.com/custodyhq/custody/pdp"
+	"github.com/custodyhq/custody/schema"
 )
 
 // SchemaDecisionV1 names the wire format of a decision record.
@@ -12,29 +12,29 @@ const SchemaDecisionV1 = "custody.decision.v1"
 // Record is one authorization decision as published on the stream. Its JSON keys are the wire
 // contract; add fields, never rename them.
 type Record struct {
-	Schema        string         `json:"schema"`
-	DecisionID    string         `json:"decision_id"`
-	Timestamp     time.Time      `json:"timestamp"`
-	CorrelationID string         `json:"correlation_id"`
-	RequestID     string         `json:"request_id,omitempty"`
-	TraceID       string         `json:"trace_id,omitempty"`
-	SpanID        string         `json:"span_id,omitempty"`
-	Endpoint      string         `json:"endpoint"`
-	Subject       pdp.Entity     `json:"subject"`
-	Action        pdp.Action     `json:"action"`
-	Resource      pdp.Entity     `json:"resource"`
-	Agent         *pdp.Agent     `json:"agent,omitempty"`
-	Delegation    pdp.Delegation `json:"delegation"`
-	Caller        *Caller        `json:"caller,omitempty"`
-	Task          *pdp.Task      `json:"task,omitempty"`
-	Allow         bool           `json:"allow"`
-	Reasons       []string       `json:"reasons"`
-	Obligations   map[string]any `json:"obligations,omitempty"`
-	Approval      *Approval      `json:"approval,omitempty"`
-	Policy        PolicyRef      `json:"policy"`
-	Error         string         `json:"error,omitempty"`
-	EvalNS        int64          `json:"eval_ns"`
-	PDP           Instance       `json:"pdp"`
+	Schema        string            `json:"schema"`
+	DecisionID    string            `json:"decision_id"`
+	Timestamp     time.Time         `json:"timestamp"`
+	CorrelationID string            `json:"correlation_id"`
+	RequestID     string            `json:"request_id,omitempty"`
+	TraceID       string            `json:"trace_id,omitempty"`
+	SpanID        string            `json:"span_id,omitempty"`
+	Endpoint      string            `json:"endpoint"`
+	Subject       schema.Entity     `json:"subject"`
+	Action        schema.Action     `json:"action"`
+	Resource      schema.Entity     `json:"resource"`
+	Agent         *schema.Agent     `json:"agent,omitempty"`
+	Delegation    schema.Delegation `json:"delegation"`
+	Caller        *Caller           `json:"caller,omitempty"`
+	Task          *schema.Task      `json:"task,omitempty"`
+	Allow         bool              `json:"allow"`
+	Reasons       []string          `json:"reasons"`
+	Obligations   map[string]any    `json:"obligations,omitempty"`
+	Approval      *Approval         `json:"approval,omitempty"`
+	Policy        PolicyRef         `json:"policy"`
+	Error         string            `json:"error,omitempty"`
+	EvalNS        int64             `json:"eval_ns"`
+	PDP           Instance          `json:"pdp"`
 	// ExecutionID and Execution are set on custody.execution.v1 records only.
 	ExecutionID string     `json:"execution_id,omitempty"`
 	Execution   *Execution `json:"execution,omitempty"`

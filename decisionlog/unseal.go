@@ -1,6 +1,6 @@
 package decisionlog
 
-import "github.com/custodyhq/custody/pdp"
+import "github.com/custodyhq/custody/schema"
 
 // SchemaUnsealV1 names the wire format of an unseal record: someone was given the sealed intent
 // of a decision (serve --intent-vault, custody unseal). It shares Record's fields, and so the
@@ -18,8 +18,8 @@ const MaxUnsealReason = 1024
 
 // Unseal says why a sealed intent was released, and which vault entry it was.
 type Unseal struct {
-	Reason string            `json:"reason"`
-	Sealed *pdp.SealedIntent `json:"sealed"`
+	Reason string               `json:"reason"`
+	Sealed *schema.SealedIntent `json:"sealed"`
 }
 
 // IsUnseal reports whether r is an unseal record.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v3/jwa"
@@ -36,6 +37,12 @@ type verificationKey struct {
 // keySet is a cached JWKS from a file or URL. Keys are refetched every refresh interval, and
 // early (rate-limited) when a token names a key ID the cache lacks: that is how rotated keys are
 // honoured without a restart.
+//
+// No verification waits on a fetch it does not need: the keys are read from an atomic snapshot;
+// a stale snapshot keeps serving while one background fetch replaces it; only a token whose key
+// ID the snapshot lacks (or the first token, before any keys) waits, and every such token shares
+// the one fetch in flight. A slow JWKS endpoint thus delays the tokens it must answer for, never
+// the ones already verifiable.
 type keySet struct {
 	source  string // file path or https URL
 	refresh time.Duration
@@ -43,55 +50,147 @@ type keySet struct {
 	now     func() time.Time
 	logger  zerolog.Logger
 
-	mu        sync.Mutex
-	keys      map[string]verificationKey // by kid
-	fetchedAt time.Time
-	forcedAt  time.Time
+	snap atomic.Pointer[keySnapshot]
+
+	// ctx bounds every fetch; Close cancels it and waits for the fetch in flight.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex // guards the fields below; never held across I/O
+	inflight *keyFetch
+	forcedAt time.Time
+	closed   bool
 }
 
+// keySnapshot is one fetched JWKS.
+type keySnapshot struct {
+	keys      map[string]verificationKey // by kid
+	fetchedAt time.Time
+}
+
+// keyFetch is one fetch of the JWKS, shared by everyone who asks while it runs; done is closed
+// when it ends, with err set.
+type keyFetch struct {
+	done chan struct{}
+	err  error
+}
+
+// errKeySetClosed is the error of a fetch asked for after Close.
+var errKeySetClosed = errors.New("identity: key set closed")
+
 func newKeySet(source string, refresh time.Duration, client *http.Client, now func() time.Time, logger zerolog.Logger) *keySet {
-	return &keySet{source: source, refresh: refresh, client: client, now: now, logger: logger}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &keySet{source: source, refresh: refresh, client: client, now: now, logger: logger, ctx: ctx, cancel: cancel}
 }
 
 func (s *keySet) isURL() bool {
 	return strings.HasPrefix(s.source, "https://") || strings.HasPrefix(s.source, "http://")
 }
 
-// lookup returns the key for kid, refreshing the set when it is stale or lacks kid.
+// stale reports whether snap is due for a refetch: after the refresh interval, or after a second
+// for a file (rereading a small local file catches same-size rewrites in the same tick).
+func (s *keySet) stale(snap *keySnapshot, now time.Time) bool {
+	age := now.Sub(snap.fetchedAt)
+	return age >= s.refresh || (!s.isURL() && age >= time.Second)
+}
+
+// lookup returns the key for kid. A known kid is answered from the current snapshot at once,
+// starting a background refetch when the snapshot is stale; an unknown kid waits for a refetch
+// (shared and rate-limited); the first lookup waits for the first fetch.
 func (s *keySet) lookup(ctx context.Context, kid string) (verificationKey, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	now := s.now()
-	if s.keys == nil || now.Sub(s.fetchedAt) >= s.refresh || (!s.isURL() && now.Sub(s.fetchedAt) >= time.Second) {
-		if err := s.load(ctx); err != nil && s.keys == nil {
+	snap := s.snap.Load()
+	if snap == nil {
+		if err := s.wait(ctx, s.start()); err != nil && s.snap.Load() == nil {
 			return verificationKey{}, err
-		} else if err != nil {
-			s.logger.Warn().Err(err).Str("jwks", s.source).Msg("jwks refresh failed; using cached keys")
 		}
+		snap = s.snap.Load()
+	} else if s.stale(snap, now) {
+		s.start() // in the background: the cached keys serve meanwhile
 	}
-	if k, ok := s.keys[kid]; ok {
+	if k, ok := snap.keys[kid]; ok {
 		return k, nil
 	}
-	if now.Sub(s.forcedAt) >= minForcedRefresh {
-		s.forcedAt = now
-		if err := s.load(ctx); err != nil {
+	if s.mayForce(now) {
+		if err := s.wait(ctx, s.start()); err != nil {
 			s.logger.Warn().Err(err).Str("jwks", s.source).Msg("jwks refresh failed")
 		}
-		if k, ok := s.keys[kid]; ok {
+		if k, ok := s.snap.Load().keys[kid]; ok {
 			return k, nil
 		}
 	}
 	return verificationKey{}, fmt.Errorf("%w: no key with kid %q", ErrUnknownKey, kid)
 }
 
-// load fetches and parses the set. Called with mu held.
+// mayForce rate-limits the refetches unknown key IDs trigger, so that tokens with made-up key
+// IDs cannot turn custody into a flood of JWKS fetches.
+func (s *keySet) mayForce(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.Sub(s.forcedAt) < minForcedRefresh {
+		return false
+	}
+	s.forcedAt = now
+	return true
+}
+
+// start returns the fetch in flight, starting one if there is none.
+func (s *keySet) start() *keyFetch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inflight != nil {
+		return s.inflight
+	}
+	f := &keyFetch{done: make(chan struct{})}
+	if s.closed {
+		f.err = errKeySetClosed
+		close(f.done)
+		return f
+	}
+	s.inflight = f
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f.err = s.load(s.ctx)
+		if f.err != nil && s.snap.Load() != nil {
+			s.logger.Warn().Err(f.err).Str("jwks", s.source).Msg("jwks refresh failed; using cached keys")
+		}
+		s.mu.Lock()
+		s.inflight = nil
+		s.mu.Unlock()
+		close(f.done)
+	}()
+	return f
+}
+
+// wait waits for f or for ctx: a caller that gives up does not cancel the fetch the others share.
+func (s *keySet) wait(ctx context.Context, f *keyFetch) error {
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return fmt.Errorf("identity: wait for jwks %s: %w", s.source, ctx.Err())
+	}
+}
+
+// close cancels the fetch in flight and waits for it to end.
+func (s *keySet) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+}
+
+// load fetches and parses the set, and makes it the current snapshot.
 func (s *keySet) load(ctx context.Context) error {
 	var raw []byte
 	var err error
 	if s.isURL() {
 		raw, err = s.fetch(ctx)
 	} else {
-		raw, err = readLimited(s.source) // small, and rereading catches same-size rewrites in the same tick
+		raw, err = readLimited(s.source)
 	}
 	if err != nil {
 		return fmt.Errorf("identity: read jwks %s: %w", s.source, err)
@@ -100,7 +199,7 @@ func (s *keySet) load(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("identity: parse jwks %s: %w", s.source, err)
 	}
-	s.keys, s.fetchedAt = keys, s.now()
+	s.snap.Store(&keySnapshot{keys: keys, fetchedAt: s.now()})
 	return nil
 }
 

@@ -202,6 +202,15 @@ func NewVerifier(cfg Config, opts ...Option) (*Verifier, error) {
 	return v, nil
 }
 
+// Close stops the verifier's background JWKS fetches and waits for them to end. Verify still
+// works after Close with the keys already fetched, and refuses tokens that would need a fetch.
+func (v *Verifier) Close() error {
+	for _, ks := range v.issuers {
+		ks.close()
+	}
+	return nil
+}
+
 // LooksLikeJWT reports whether s has the shape of a compact JWS, to tell tokens from API keys.
 func LooksLikeJWT(s string) bool { return strings.Count(s, ".") == 2 }
 

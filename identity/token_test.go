@@ -42,6 +42,7 @@ func newVerifier(t *testing.T, is *tokentest.Issuer) (*identity.Verifier, string
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = v.Close() })
 	return v, path
 }
 
@@ -191,6 +192,7 @@ func TestKeyRotationFromURL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = v.Close() })
 	claims := tokentest.Claims{"sub": alice, "aud": audience}
 	for range 5 {
 		if _, err := v.Verify(t.Context(), is.Token(t, claims)); err != nil {
@@ -240,6 +242,7 @@ func TestJWKSRefusesSymmetricAndAlgLessKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = v.Close() })
 	hsHeader := b64(`{"alg":"HS256","kid":"oct"}`)
 	if _, err := v.Verify(t.Context(), hsHeader+"."+b64(`{"sub":"x"}`)+".c2ln"); err == nil {
 		t.Fatal("a JWKS with only a symmetric key verified a token")

@@ -9,6 +9,8 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/open-policy-agent/opa/v1/rego"
+
 	"github.com/custodyhq/custody/bundles"
 	"github.com/custodyhq/custody/pdp"
 	"github.com/custodyhq/custody/policies"
@@ -64,7 +66,7 @@ func BenchmarkDecideCatalog(b *testing.B) {
 // catalogSet is the default policy set with n tools in its catalog: the real ones and synthetic
 // ones of the same shape. It returns the name of a synthetic tool from the middle of the catalog
 // that the mailer agent may call for the user of catalogInput.
-func catalogSet(b *testing.B, n int) (pdp.PolicySet, string) {
+func catalogSet(b testing.TB, n int) (pdp.PolicySet, string) {
 	b.Helper()
 	fsys := fstest.MapFS{}
 	err := fs.WalkDir(policies.FS, ".", func(path string, d fs.DirEntry, err error) error {
@@ -127,4 +129,35 @@ func catalogInput(tool string) *pdp.Input {
 		Agent:      &pdp.Agent{ID: "spiffe://acme.example/agents/mailer", Type: "agent"},
 		Delegation: pdp.Delegation{Chain: []any{}},
 	}
+}
+
+// BenchmarkLoadCatalog is the cost of a policy load (pdp.New with the memo on: the decision
+// query, the three search queries and the memo's analysis) against one compile of the same set
+// (one rego.PrepareForEval of the decision query), at 100,000 tools.
+//
+//	go test ./pdp -run '^$' -bench LoadCatalog -benchtime 3x
+func BenchmarkLoadCatalog(b *testing.B) {
+	set, _ := catalogSet(b, 100000)
+	ctx := context.Background()
+	b.Run("one_compile", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := oneCompile(ctx, set); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("load", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := pdp.New(ctx, set, pdp.WithMemo(100)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// oneCompile compiles and prepares set once, the floor of what a load can cost.
+func oneCompile(ctx context.Context, set pdp.PolicySet) (rego.PreparedEvalQuery, error) {
+	return rego.New(rego.Query(pdp.DefaultQuery), rego.ParsedBundle("custody", set.Bundle)).PrepareForEval(ctx)
 }

@@ -11,7 +11,10 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
+	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/rs/zerolog"
 )
 
@@ -149,14 +152,15 @@ func (e *Engine) Load(ctx context.Context, set PolicySet) error {
 	if set.Bundle == nil {
 		return fmt.Errorf("pdp: load policy set: %w: no bundle", ErrInvalidPolicySet)
 	}
-	pq, err := rego.New(
-		rego.Query(e.query),
-		rego.ParsedBundle("custody", set.Bundle),
-	).PrepareForEval(ctx)
+	c, store, err := compileSet(ctx, set)
+	if err != nil {
+		return err
+	}
+	pq, err := prepareQuery(ctx, c, store, e.query)
 	if err != nil {
 		return fmt.Errorf("pdp: prepare policy set %s: %w: %w", set.Source, ErrInvalidPolicySet, err)
 	}
-	search, err := prepareSearch(ctx, set)
+	search, err := prepareSearch(ctx, c, store, set)
 	if err != nil {
 		return err
 	}
@@ -168,7 +172,7 @@ func (e *Engine) Load(ctx context.Context, set PolicySet) error {
 		Memo:     "off",
 	}}
 	if e.memoSize > 0 {
-		proj, err := analyzeInputUse(set.Bundle, e.query)
+		proj, err := analyzeInputUse(c, e.query)
 		if err != nil {
 			p.info.Memo = "off: " + err.Error()
 		} else {
@@ -184,6 +188,40 @@ func (e *Engine) Load(ctx context.Context, set PolicySet) error {
 	}
 	ev.Str("revision", set.Revision).Str("source", set.Source).Str("query", e.query).Str("memo", p.info.Memo).Strs("input_paths", p.info.InputPaths).Msg("policy set loaded")
 	return nil
+}
+
+// compileSet compiles set once into a compiler and a store holding its data, which every query
+// of the policy set is then prepared on (see prepareQuery). Preparing each query from the bundle
+// compiled the whole set again per query: five compiles per load, four times the memory.
+// The compiler is configured as rego configures its own, so decisions are unchanged.
+func compileSet(ctx context.Context, set PolicySet) (*ast.Compiler, storage.Store, error) {
+	store := inmem.NewWithOpts(inmem.OptReturnASTValuesOnRead(false))
+	txn, err := store.NewTransaction(ctx, storage.WriteParams)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pdp: open store of policy set %s: %w", set.Source, err)
+	}
+	c := ast.NewCompiler().WithUseTypeCheckAnnotations(true).WithPathConflictsCheck(storage.NonEmpty(ctx, store, txn))
+	err = bundle.Activate(&bundle.ActivateOpts{
+		Ctx:      ctx,
+		Store:    store,
+		Txn:      txn,
+		Compiler: c,
+		Metrics:  metrics.NoOp(),
+		Bundles:  map[string]*bundle.Bundle{"custody": set.Bundle},
+	})
+	if err != nil {
+		store.Abort(ctx, txn)
+		return nil, nil, fmt.Errorf("pdp: compile policy set %s: %w: %w", set.Source, ErrInvalidPolicySet, err)
+	}
+	if err := store.Commit(ctx, txn); err != nil {
+		return nil, nil, fmt.Errorf("pdp: commit policy set %s: %w", set.Source, err)
+	}
+	return c, store, nil
+}
+
+// prepareQuery prepares query on a policy set compiled by compileSet, compiling only the query.
+func prepareQuery(ctx context.Context, c *ast.Compiler, store storage.Store, query string) (rego.PreparedEvalQuery, error) {
+	return rego.New(rego.Query(query), rego.Compiler(c), rego.Store(store)).PrepareForEval(ctx)
 }
 
 // MemoStats counts decisions answered from the memo (hits) and decisions evaluated while the

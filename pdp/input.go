@@ -1,56 +1,27 @@
 package pdp
 
-import "github.com/open-policy-agent/opa/v1/ast"
+import (
+	"github.com/open-policy-agent/opa/v1/ast"
 
-// Entity is an AuthZEN subject or resource: a typed identifier with free-form properties.
-type Entity struct {
-	Type       string         `json:"type"`
-	ID         string         `json:"id"`
-	Properties map[string]any `json:"properties,omitempty"`
-}
+	"github.com/custodyhq/custody/schema"
+)
 
-// Action is an AuthZEN action. For an agent tool call, Name is the tool name and Properties
-// carries the MCP server and the call's arguments.
-type Action struct {
-	Name       string         `json:"name"`
-	Properties map[string]any `json:"properties,omitempty"`
-}
-
-// Agent is the acting workload, such as a SPIFFE ID of an agent deployment.
-type Agent struct {
-	ID         string         `json:"id"`
-	Type       string         `json:"type,omitempty"`
-	Properties map[string]any `json:"properties,omitempty"`
-}
-
-// Delegation says who delegated to whom and whether tokens proved it.
-type Delegation struct {
-	Verified bool  `json:"verified"`
-	Chain    []any `json:"chain"`
-}
-
-// Task identifies the unit of agent work a call belongs to. The prompt that started it is
-// never carried: only its keyed hash, IntentSHA256.
-type Task struct {
-	ID           string `json:"id,omitempty"`
-	ParentID     string `json:"parent_id,omitempty"`
-	Attempt      int64  `json:"attempt,omitempty"`
-	SessionID    string `json:"session_id,omitempty"`
-	IntentSHA256 string `json:"intent_sha256,omitempty"`
-	// IntentSealed is set on decision records only, when serve runs with --intent-vault: where
-	// the intent, encrypted, is kept. Policies never see it: it is filled after the decision.
-	IntentSealed *SealedIntent `json:"intent_sealed,omitempty"`
-}
-
-// SealedIntent points at a task's intent encrypted in the intent vault: the stream, the subject
-// and stream sequence of the entry, and the SHA-256 of its ciphertext, so that the record's hash
-// also vouches for the vault entry.
-type SealedIntent struct {
-	Stream  string `json:"stream"`
-	Subject string `json:"subject"`
-	Seq     uint64 `json:"seq"`
-	SHA256  string `json:"sha256"`
-}
+// The entity types are the record's wire types, defined in the leaf package schema so that the
+// record's readers build without OPA; the engine uses them under its own names.
+type (
+	// Entity is an AuthZEN subject or resource (schema.Entity).
+	Entity = schema.Entity
+	// Action is an AuthZEN action (schema.Action).
+	Action = schema.Action
+	// Agent is the acting workload (schema.Agent).
+	Agent = schema.Agent
+	// Delegation says who delegated to whom (schema.Delegation).
+	Delegation = schema.Delegation
+	// Task identifies the unit of agent work a call belongs to (schema.Task).
+	Task = schema.Task
+	// SealedIntent points at a task's intent in the intent vault (schema.SealedIntent).
+	SealedIntent = schema.SealedIntent
+)
 
 // Caller is who called custody, as authentication proved it (input.caller): Kind is one of
 // CallerAnonymous, CallerAPIKey, CallerMTLS or CallerToken, and ID the API key's name, the

@@ -11,7 +11,6 @@ import (
 	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
-	"github.com/open-policy-agent/opa/v1/bundle"
 )
 
 // A decision memo answers a repeated question without evaluating it again. It is exact, not a
@@ -61,21 +60,10 @@ type inputPath struct {
 // projection is every place a policy set reads its input.
 type projection []inputPath
 
-// analyzeInputUse returns the projection of the policy set's modules and of the decision query,
-// or why a decision of it cannot be remembered.
-func analyzeInputUse(b *bundle.Bundle, query string) (projection, error) {
-	mods := make(map[string]*ast.Module, len(b.Modules))
-	for _, m := range b.Modules {
-		if m.Parsed == nil {
-			return nil, fmt.Errorf("module %s is not parsed", m.Path)
-		}
-		mods[m.Path] = m.Parsed.Copy()
-	}
-	c := ast.NewCompiler()
-	c.Compile(mods)
-	if c.Failed() {
-		return nil, fmt.Errorf("compile: %v", c.Errors)
-	}
+// analyzeInputUse returns the projection of the policy set's modules, as c compiled them, and of
+// the decision query, or why a decision of it cannot be remembered. c is the compiler every query
+// of the set is prepared on (see compileSet), so the analysis reads exactly what is evaluated.
+func analyzeInputUse(c *ast.Compiler, query string) (projection, error) {
 	a := &inputUse{paths: map[string]inputPath{}}
 	// Imports are not read: the compiler has rewritten every reference through one to the full
 	// path, which is read where it is used.

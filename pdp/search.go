@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage"
 )
 
 // SearchRoot is where a policy set offers the candidates of AuthZEN search: SearchRoot + "." + kind,
@@ -34,14 +36,12 @@ var ErrUnknownSearchKind = errors.New("unknown search kind")
 func (k SearchKind) Query() string { return SearchRoot + "." + string(k) }
 
 // prepareSearch prepares the candidate query of every search kind on set, beside the decision
-// query, so that a search evaluates queries compiled once per policy set like a decision does.
-func prepareSearch(ctx context.Context, set PolicySet) (map[SearchKind]rego.PreparedEvalQuery, error) {
+// query and on the same compiler and store, so that a search evaluates queries compiled once per
+// policy set like a decision does.
+func prepareSearch(ctx context.Context, c *ast.Compiler, store storage.Store, set PolicySet) (map[SearchKind]rego.PreparedEvalQuery, error) {
 	out := make(map[SearchKind]rego.PreparedEvalQuery, len(SearchKinds))
 	for _, k := range SearchKinds {
-		pq, err := rego.New(
-			rego.Query(k.Query()),
-			rego.ParsedBundle("custody", set.Bundle),
-		).PrepareForEval(ctx)
+		pq, err := prepareQuery(ctx, c, store, k.Query())
 		if err != nil {
 			return nil, fmt.Errorf("pdp: prepare %s of policy set %s: %w: %w", k.Query(), set.Source, ErrInvalidPolicySet, err)
 		}

@@ -92,6 +92,20 @@ type chainState struct {
 	// stream. It is published once the window is empty, so that it lands after every record it
 	// could be read after (RecoverHead reads only records after the last checkpoint).
 	checkpointDue bool
+	// checkpoint is the checkpoint sent and not yet acked, nil when none is. Its ack is waited
+	// for outside chainMu, like a record's; no second checkpoint is sent meanwhile.
+	checkpoint *pendingCheckpoint
+}
+
+// pendingCheckpoint is a checkpoint sent to JetStream whose ack is awaited.
+type pendingCheckpoint struct {
+	cp         *decisionlog.Checkpoint
+	id         string // its Nats-Msg-Id
+	fut        jetstream.PubAckFuture
+	inWindow   bool   // records were in flight when it was sent: they may depend on it
+	generation uint64 // of the window it was sent in
+	done       chan struct{}
+	err        error
 }
 
 // soleWriter reports whether the sink may rely on being the stream's only writer, and so may
@@ -121,7 +135,7 @@ func (s *Sink) Head() decisionlog.ChainHead {
 }
 
 // HeadSeq is the seq of Head, read without waiting: chainMu may be held across a network call
-// (a repair, a checkpoint), and /metrics must never block on one.
+// (a repair), and /metrics must never block on one.
 func (s *Sink) HeadSeq() uint64 { return s.headSeq.Load() }
 
 // CheckpointedSeq is the seq of the last checkpoint published, 0 when unchained. Like HeadSeq
@@ -133,7 +147,14 @@ func (s *Sink) CheckpointedSeq() uint64 { return s.checkpointSeq.Load() }
 // wait does not hold it, so up to Window records share the round trip to JetStream.
 func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error {
 	s.slots <- struct{}{}
-	defer func() { <-s.slots }()
+	slot := true
+	release := func() { // once: the slot is given back before a checkpoint's ack is awaited
+		if slot {
+			slot = false
+			<-s.slots
+		}
+	}
+	defer release()
 
 	s.chainMu.Lock()
 	c := s.chain
@@ -181,21 +202,26 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 	close(e.done) // before taking chainMu: a repair holding it may be waiting for this
 
 	s.chainMu.Lock()
-	defer s.chainMu.Unlock()
 	if e.generation != c.generation {
 		// A repair already settled this record's window, and said whether it was stored. (Its
 		// seq may since belong to another record: a record that was not stored gives it up.)
-		if e.stored {
+		stored := e.stored
+		s.chainMu.Unlock()
+		if stored {
 			return nil
 		}
 		return fmt.Errorf("jetstream: publish record: %w: %w", decisionlog.ErrUnavailable, e.err)
 	}
 	if e.err != nil {
 		c.broken = true
+		s.chainMu.Unlock()
 		s.logger.Error().Err(e.err).Str("decision_id", r.DecisionID).Str("correlation_id", r.CorrelationID).Msg("decision record not acked")
 		return fmt.Errorf("jetstream: publish record: %w: %w", decisionlog.ErrUnavailable, e.err)
 	}
-	s.advanceLocked(ctx)
+	cp := s.advanceLocked()
+	s.chainMu.Unlock()
+	release()
+	_ = s.settleCheckpoint(ctx, cp) // this record is stored; a failed checkpoint is retried
 	return nil
 }
 
@@ -208,8 +234,9 @@ func (s *Sink) chainedMsg(r *decisionlog.Record, body []byte) *nats.Msg {
 }
 
 // advanceLocked moves the confirmed head over the acked records at the front of the window,
-// and publishes a checkpoint when enough records have been confirmed since the last.
-func (s *Sink) advanceLocked(ctx context.Context) {
+// and sends a checkpoint when enough records have been confirmed since the last; the caller
+// settles it (settleCheckpoint) once it has let go of chainMu.
+func (s *Sink) advanceLocked() *pendingCheckpoint {
 	c := s.chain
 	n := 0
 	for _, e := range c.window {
@@ -227,8 +254,10 @@ func (s *Sink) advanceLocked(ctx context.Context) {
 	}
 	due := c.checkpointDue && len(c.window) == 0 && c.head.Seq > c.checkpointed
 	if due || c.head.Seq-c.checkpointed >= c.cfg.CheckpointEvery {
-		s.checkpointLocked(ctx)
+		cp, _ := s.checkpointLocked() // a checkpoint not sent is retried at the next record or tick
+		return cp
 	}
+	return nil
 }
 
 func isDone(e *inflight) bool {
@@ -337,6 +366,7 @@ func (s *Sink) extendTree(r *decisionlog.Record, body []byte) {
 
 // runCheckpoints publishes a checkpoint every interval while the chain moves, until ctx ends.
 func (s *Sink) runCheckpoints(ctx context.Context) {
+	defer close(s.stopped)
 	t := time.NewTicker(s.chain.cfg.CheckpointInterval)
 	defer t.Stop()
 	for {
@@ -344,29 +374,53 @@ func (s *Sink) runCheckpoints(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			var cp *pendingCheckpoint
 			s.chainMu.Lock()
 			if s.chain.head.Seq > s.chain.checkpointed {
-				s.checkpointLocked(ctx)
+				cp, _ = s.checkpointLocked()
 			}
 			s.chainMu.Unlock()
+			s.settleCheckpoint(ctx, cp)
 		}
 	}
 }
 
-// Checkpoint publishes a checkpoint of the current head now, if the chain moved since the last.
+// Checkpoint publishes a checkpoint of the current head now, if the chain moved since the last,
+// and waits for its ack. A checkpoint already in flight is waited for first.
 func (s *Sink) Checkpoint(ctx context.Context) error {
-	s.chainMu.Lock()
-	defer s.chainMu.Unlock()
-	if s.chain == nil || s.chain.head.Seq == s.chain.checkpointed {
-		return nil
+	for {
+		s.chainMu.Lock()
+		if s.chain == nil || s.chain.head.Seq == s.chain.checkpointed && s.chain.checkpoint == nil {
+			s.chainMu.Unlock()
+			return nil
+		}
+		if p := s.chain.checkpoint; p != nil {
+			s.chainMu.Unlock()
+			select {
+			case <-p.done:
+				continue
+			case <-ctx.Done():
+				return fmt.Errorf("jetstream: checkpoint: %w", ctx.Err())
+			}
+		}
+		cp, err := s.checkpointLocked()
+		s.chainMu.Unlock()
+		if err != nil || cp == nil {
+			return err
+		}
+		return s.settleCheckpoint(ctx, cp)
 	}
-	return s.checkpointLocked(ctx)
 }
 
-func (s *Sink) checkpointLocked(ctx context.Context) error {
+// checkpointLocked signs the confirmed head and sends it, returning the checkpoint for the
+// caller to settle outside chainMu; nil when none is due or one is already in flight. Sending
+// under chainMu orders the checkpoint with the records on the connection (every record it
+// covers was acked before it is sent, and records sent after it come after it), as a record's
+// send is; only the round trip to its ack is left outside.
+func (s *Sink) checkpointLocked() (*pendingCheckpoint, error) {
 	c := s.chain
-	if c.cfg.Signer == nil || c.broken {
-		return nil
+	if c.cfg.Signer == nil || c.broken || c.checkpoint != nil {
+		return nil, nil
 	}
 	var opts []jetstream.PublishOpt
 	if len(c.window) > 0 {
@@ -375,59 +429,117 @@ func (s *Sink) checkpointLocked(ctx context.Context) error {
 			// RecoverHead. Naming it as the last message would order them, but on a shared
 			// stream another instance's message may come between: wait for the window instead.
 			c.checkpointDue = true
-			return nil
+			return nil, nil
 		}
 		// Records after this checkpoint will name it as their predecessor; it names its own.
 		opts = append(opts, jetstream.WithExpectLastMsgID(c.lastSent))
 	}
-	id, err := s.publishCheckpoint(ctx, c.cfg.Instance, c.head, c.cfg.Signer, opts...)
+	p, err := s.sendCheckpoint(c.cfg.Instance, c.head, c.cfg.Signer, opts...)
 	if err != nil {
-		if len(c.window) > 0 {
+		return nil, err
+	}
+	p.inWindow, p.generation = len(c.window) > 0, c.generation
+	if p.inWindow {
+		c.lastSent = p.id
+	}
+	c.checkpoint = p
+	return p, nil
+}
+
+// settleCheckpoint waits for the ack of p (nil: nothing to do) without holding chainMu, then
+// records the outcome.
+func (s *Sink) settleCheckpoint(ctx context.Context, p *pendingCheckpoint) error {
+	if p == nil {
+		return nil
+	}
+	p.err = s.awaitCheckpoint(p)
+	s.chainMu.Lock()
+	c := s.chain
+	c.checkpoint = nil
+	if p.err != nil {
+		if p.inWindow && p.generation == c.generation {
 			c.broken = true // records sent after it may have been refused
 		}
-		return err
+	} else if p.cp.Seq > c.checkpointed {
+		c.checkpointed, c.checkpointDue = p.cp.Seq, false
+		s.checkpointSeq.Store(c.checkpointed)
 	}
-	if len(c.window) > 0 {
-		c.lastSent = id
+	s.chainMu.Unlock()
+	close(p.done)
+	if p.err != nil {
+		return p.err
 	}
-	c.checkpointed, c.checkpointDue = c.head.Seq, false
-	s.checkpointSeq.Store(c.checkpointed)
+	s.logger.Debug().Uint64("seq", p.cp.Seq).Str("schema", p.cp.Schema).Msg("checkpoint published")
+	if s.onCheckpoint != nil {
+		s.onCheckpoint(ctx, p.cp)
+	}
 	return nil
+}
+
+func (s *Sink) awaitCheckpoint(p *pendingCheckpoint) error {
+	timer := time.NewTimer(s.timeout)
+	defer timer.Stop()
+	var err error
+	select {
+	case <-p.fut.Ok():
+		return nil
+	case err = <-p.fut.Err():
+	case <-timer.C:
+		err = errors.New("no ack within the publish timeout")
+	}
+	s.logger.Warn().Err(err).Uint64("seq", p.cp.Seq).Msg("checkpoint not published; will retry")
+	return fmt.Errorf("jetstream: publish checkpoint: %w", err)
+}
+
+// sendCheckpoint signs head and sends it without waiting for the ack.
+func (s *Sink) sendCheckpoint(instance string, head decisionlog.ChainHead, signer note.Signer, opts ...jetstream.PublishOpt) (*pendingCheckpoint, error) {
+	cp, id, msg, err := s.checkpointMsg(instance, head, signer)
+	if err != nil {
+		return nil, err
+	}
+	fut, err := s.js.PublishMsgAsync(msg, append([]jetstream.PublishOpt{jetstream.WithMsgID(id)}, opts...)...)
+	if err != nil {
+		s.logger.Warn().Err(err).Uint64("seq", cp.Seq).Msg("checkpoint not sent; will retry")
+		return nil, fmt.Errorf("jetstream: publish checkpoint: %w", err)
+	}
+	return &pendingCheckpoint{cp: cp, id: id, fut: fut, done: make(chan struct{})}, nil
 }
 
 // PublishCheckpoint signs head and publishes it on custody.checkpoint.<instance>.
 func (s *Sink) PublishCheckpoint(ctx context.Context, instance string, head decisionlog.ChainHead, signer note.Signer) error {
-	_, err := s.publishCheckpoint(ctx, instance, head, signer)
-	return err
+	cp, id, msg, err := s.checkpointMsg(instance, head, signer)
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	defer cancel()
+	if _, err := s.js.PublishMsg(pctx, msg, jetstream.WithMsgID(id)); err != nil {
+		s.logger.Warn().Err(err).Uint64("seq", cp.Seq).Msg("checkpoint not published; will retry")
+		return fmt.Errorf("jetstream: publish checkpoint: %w", err)
+	}
+	s.logger.Debug().Uint64("seq", cp.Seq).Str("schema", cp.Schema).Msg("checkpoint published")
+	if s.onCheckpoint != nil {
+		s.onCheckpoint(ctx, cp)
+	}
+	return nil
 }
 
-// publishCheckpoint publishes a checkpoint and returns its Nats-Msg-Id.
-func (s *Sink) publishCheckpoint(ctx context.Context, instance string, head decisionlog.ChainHead, signer note.Signer, opts ...jetstream.PublishOpt) (string, error) {
+// checkpointMsg signs head and returns the checkpoint, its Nats-Msg-Id and its message.
+func (s *Sink) checkpointMsg(instance string, head decisionlog.ChainHead, signer note.Signer) (*decisionlog.Checkpoint, string, *nats.Msg, error) {
 	cp, err := s.newCheckpoint(instance, head, signer)
 	if err != nil {
-		return "", err
+		return nil, "", nil, err
 	}
 	body, err := json.Marshal(cp)
 	if err != nil {
-		return "", err
+		return nil, "", nil, err
 	}
 	msg := nats.NewMsg(decisionlog.CheckpointSubject(instance))
 	msg.Data = body
 	msg.Header.Set(HeaderInstance, instance)
 	msg.Header.Set(HeaderSeq, strconv.FormatUint(cp.Seq, 10))
 	msg.Header.Set(HeaderHash, cp.Hash)
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
-	defer cancel()
-	id := "checkpoint-" + instance + "-" + strconv.FormatUint(cp.Seq, 10)
-	if _, err := s.js.PublishMsg(pctx, msg, append([]jetstream.PublishOpt{jetstream.WithMsgID(id)}, opts...)...); err != nil {
-		s.logger.Warn().Err(err).Uint64("seq", cp.Seq).Msg("checkpoint not published; will retry")
-		return "", fmt.Errorf("jetstream: publish checkpoint: %w", err)
-	}
-	s.logger.Debug().Uint64("seq", cp.Seq).Str("schema", cp.Schema).Msg("checkpoint published")
-	if s.onCheckpoint != nil {
-		s.onCheckpoint(ctx, cp)
-	}
-	return id, nil
+	return cp, "checkpoint-" + instance + "-" + strconv.FormatUint(cp.Seq, 10), msg, nil
 }
 
 // newCheckpoint signs the Merkle tree when it is at head, and the chain head alone otherwise.

@@ -1,6 +1,7 @@
 package jetstream_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -112,6 +113,7 @@ func TestChainedPublishLinksRecordsAndResumes(t *testing.T) {
 	}
 	// A restarted instance continues the same chain.
 	sink2 := custodyjs.NewSink(js, custodyjs.WithChain(custodyjs.ChainConfig{Instance: "inst-a", Head: head, Signer: sig, Stream: stream}))
+	t.Cleanup(func() { _ = sink2.Close(context.Background()) }) // stops its checkpoint goroutine
 	for i := range 2 {
 		if err := sink2.Publish(t.Context(), record(fmt.Sprintf("b-%d", i), true)); err != nil {
 			t.Fatal(err)
@@ -151,6 +153,7 @@ func TestChainHasNoGapAfterAFailedPublish(t *testing.T) {
 	js, stream := setup(t, custodyjs.StreamConfig{MaxBytes: 4096})
 	sink := custodyjs.NewSink(js, custodyjs.WithPublishTimeout(time.Second),
 		custodyjs.WithChain(custodyjs.ChainConfig{Instance: "inst-f", Stream: stream}))
+	t.Cleanup(func() { _ = sink.Close(context.Background()) }) // stops its checkpoint goroutine
 	failed := 0
 	for i := 0; i < 40 && failed < 3; i++ {
 		if err := sink.Publish(t.Context(), record(fmt.Sprintf("f-%d", i), true)); err != nil {

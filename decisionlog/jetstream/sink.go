@@ -41,6 +41,7 @@ type Sink struct {
 	slots   chan struct{} // bounds the chained records awaiting their ack (ChainConfig.Window)
 	now     func() time.Time
 	stop    context.CancelFunc
+	stopped chan struct{} // closed when runCheckpoints returns
 	// headSeq and checkpointSeq mirror the chain's head and last checkpoint for readers that
 	// must not wait for chainMu.
 	headSeq, checkpointSeq atomic.Uint64
@@ -131,7 +132,7 @@ func NewSink(js publisher, opts ...Option) *Sink {
 	s.logger = s.logger.With().Str("component", "decisionlog.jetstream").Logger()
 	if s.chain != nil {
 		ctx, cancel := context.WithCancel(context.Background())
-		s.stop = cancel
+		s.stop, s.stopped = cancel, make(chan struct{})
 		go s.runCheckpoints(ctx)
 	}
 	return s
@@ -253,6 +254,7 @@ func (s *Sink) Close(ctx context.Context) error {
 	case <-done:
 		if s.chain != nil {
 			s.stop()
+			<-s.stopped                               // the ticker's goroutine is gone before Close returns
 			if err := s.Checkpoint(ctx); err != nil { // leave a signed head behind
 				return err
 			}

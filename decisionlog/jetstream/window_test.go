@@ -1,6 +1,7 @@
 package jetstream_test
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -105,6 +106,7 @@ func TestWindowedChainHasNoGapWhenTheStreamFills(t *testing.T) {
 	js, stream := setup(t, custodyjs.StreamConfig{MaxBytes: 64 << 10})
 	sink := custodyjs.NewSink(js, custodyjs.WithPublishTimeout(time.Second),
 		custodyjs.WithChain(custodyjs.ChainConfig{Instance: "inst-f", Stream: stream, Window: 64}))
+	t.Cleanup(func() { _ = sink.Close(context.Background()) }) // stops its checkpoint goroutine
 	acked := publishConcurrently(t, sink, "f", 400, 32, nil)
 	if len(acked) == 400 {
 		t.Fatal("the stream never filled")
@@ -127,6 +129,7 @@ func TestWindowedChainSurvivesAForeignWriter(t *testing.T) {
 	}
 	other := natstest.Connect(t, ns)
 	sink := custodyjs.NewSink(js, custodyjs.WithChain(custodyjs.ChainConfig{Instance: "inst-o", Stream: stream, Window: 64}))
+	t.Cleanup(func() { _ = sink.Close(context.Background()) }) // stops its checkpoint goroutine
 	acked := publishConcurrently(t, sink, "o", 600, 32, func(i int) {
 		if i%50 == 0 {
 			_ = other.Publish("custody.decision.allow.someone.something.x", []byte(`{}`))
@@ -161,6 +164,7 @@ func TestWindowedChainRidesOutAServerRestart(t *testing.T) {
 	}
 	sink := custodyjs.NewSink(js, custodyjs.WithPublishTimeout(500*time.Millisecond),
 		custodyjs.WithChain(custodyjs.ChainConfig{Instance: "inst-r", Stream: stream, Window: 64}))
+	t.Cleanup(func() { _ = sink.Close(context.Background()) }) // stops its checkpoint goroutine
 	var restarted sync.Once
 	acked := publishConcurrently(t, sink, "r", 600, 32, func(i int) {
 		if i == 200 {

@@ -23,7 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/custodyhq/custody/decisionlog"
-	"github.com/custodyhq/custody/pdp"
+	"github.com/custodyhq/custody/schema"
 )
 
 // StreamName and SubjectPrefix place the vault: one entry per decision on
@@ -189,7 +189,7 @@ func (v *Vault) Subject(decisionID string) string {
 // Seal encrypts intent to the vault's recipients and stores it under decisionID, returning the
 // reference the decision record carries once the stream has acknowledged the entry. The
 // correlation ID is kept in a header so that an unseal can find the decision from its ID alone.
-func (v *Vault) Seal(ctx context.Context, decisionID, correlationID, intent string) (*pdp.SealedIntent, error) {
+func (v *Vault) Seal(ctx context.Context, decisionID, correlationID, intent string) (*schema.SealedIntent, error) {
 	var buf bytes.Buffer
 	buf.Grow(len(intent) + 200*len(v.recipients))
 	w, err := age.Encrypt(&buf, v.recipients...)
@@ -214,7 +214,7 @@ func (v *Vault) Seal(ctx context.Context, decisionID, correlationID, intent stri
 		return nil, fmt.Errorf("vault: store sealed intent: %w", err)
 	}
 	sum := sha256.Sum256(msg.Data)
-	return &pdp.SealedIntent{Stream: StreamName, Subject: msg.Subject, Seq: ack.Sequence, SHA256: hex.EncodeToString(sum[:])}, nil
+	return &schema.SealedIntent{Stream: StreamName, Subject: msg.Subject, Seq: ack.Sequence, SHA256: hex.EncodeToString(sum[:])}, nil
 }
 
 // CorrelationID returns the correlation ID of decisionID's sealed entry, for an unseal that
@@ -234,7 +234,7 @@ func (v *Vault) CorrelationID(ctx context.Context, decisionID string) (string, e
 
 // Open returns the ciphertext ref names, after checking it is the entry the reference vouches
 // for (subject and SHA-256). It does not decrypt: custody cannot.
-func (v *Vault) Open(ctx context.Context, ref *pdp.SealedIntent) ([]byte, error) {
+func (v *Vault) Open(ctx context.Context, ref *schema.SealedIntent) ([]byte, error) {
 	if ref == nil || ref.Stream != StreamName {
 		return nil, fmt.Errorf("%w: not a reference into %s", ErrMismatch, StreamName)
 	}

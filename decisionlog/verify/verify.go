@@ -14,7 +14,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/custodyhq/custody/decisionlog"
-	"github.com/custodyhq/custody/pdp"
+	"github.com/custodyhq/custody/schema"
 )
 
 // Message is one message of the decision stream: its subject ("" when unknown, as in an
@@ -229,10 +229,10 @@ func (c *Checker) addDecision(m Message, msg int, w *wire) {
 	inst, seq := w.PDP.Instance, w.Seq
 	ch := c.chain(inst)
 	if m.Subject != "" {
-		r := decisionlog.Record{Schema: w.Schema, Allow: w.Allow, Action: pdp.Action{Name: w.Action.Name}, CorrelationID: w.CorrelationID,
+		r := decisionlog.Record{Schema: w.Schema, Allow: w.Allow, Action: schema.Action{Name: w.Action.Name}, CorrelationID: w.CorrelationID,
 			DecisionID: w.DecisionID, PDP: decisionlog.Instance{Instance: w.PDP.Instance}}
 		if w.Agent != nil {
-			r.Agent = &pdp.Agent{ID: w.Agent.ID}
+			r.Agent = &schema.Agent{ID: w.Agent.ID}
 		}
 		if w.Execution != nil {
 			r.Execution = &decisionlog.Execution{Status: w.Execution.Status}
