@@ -148,7 +148,7 @@ func TestSwappedStreamIsRefused(t *testing.T) {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "stream") {
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "changed under this instance") {
 			return fmt.Errorf("readyz = %d %s", resp.StatusCode, body)
 		}
 		return nil
