@@ -23,6 +23,7 @@ import (
 
 	"github.com/custodyhq/custody/decisionlog"
 	custodyjs "github.com/custodyhq/custody/decisionlog/jetstream"
+	"github.com/custodyhq/custody/identity"
 	"github.com/custodyhq/custody/internal/embeddednats"
 	"github.com/custodyhq/custody/internal/natsauth"
 	"github.com/custodyhq/custody/pdp"
@@ -46,7 +47,8 @@ type App struct {
 	rec      *recorder
 	engine   *pdp.Engine
 	instance string
-	witness  *httpWitnesses // nil without an https:// --checkpoint-witness
+	witness  *httpWitnesses     // nil without an https:// --checkpoint-witness
+	verifier *identity.Verifier // nil without --issuer
 
 	ln      net.Listener
 	tls     *tls.Config
@@ -190,7 +192,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *App, err error) {
 		return nil, err
 	}
 
-	authOpts, tlsConfig, err := buildAuth(cfg.Auth, logger)
+	authOpts, tlsConfig, err := buildAuth(cfg.Auth, logger, &a.verifier)
 	if err != nil {
 		return nil, err
 	}
@@ -366,6 +368,9 @@ func (a *App) Close(ctx context.Context) error {
 		}
 		if a.witness != nil {
 			a.witness.stop() // after the recorder's last checkpoint
+		}
+		if a.verifier != nil {
+			_ = a.verifier.Close() // a JWKS fetch in flight
 		}
 		if a.ln != nil {
 			_ = a.ln.Close() // already closed by Run's Shutdown

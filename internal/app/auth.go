@@ -15,8 +15,9 @@ import (
 )
 
 // buildAuth returns the server options that authenticate callers and, when TLS is configured,
-// the TLS config.
-func buildAuth(a AuthConfig, logger zerolog.Logger) ([]custodyhttp.Option, *tls.Config, error) {
+// the TLS config. A token verifier, when there is one, goes to *verifier: its background JWKS
+// fetch is the App's to stop in Close.
+func buildAuth(a AuthConfig, logger zerolog.Logger, verifier **identity.Verifier) ([]custodyhttp.Option, *tls.Config, error) {
 	opts := []custodyhttp.Option{custodyhttp.WithRequireAuth(a.RequireAuth), custodyhttp.WithAllowedHosts(a.AllowedHosts...)}
 	if len(a.Issuers) > 0 {
 		cfg := identity.Config{Audience: a.Audience, Leeway: a.Leeway, JWKSRefresh: a.JWKSRefresh}
@@ -27,6 +28,7 @@ func buildAuth(a AuthConfig, logger zerolog.Logger) ([]custodyhttp.Option, *tls.
 		if err != nil {
 			return nil, nil, fmt.Errorf("app: token verifier: %w", err)
 		}
+		*verifier = v
 		opts = append(opts, custodyhttp.WithTokenVerifier(v))
 	}
 	if a.APIKeysFile != "" {
