@@ -46,9 +46,11 @@ func TestExamples(t *testing.T) {
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"waitready": cmdWaitReady,
 			"http":      cmdHTTP,
-		},
-		Condition: func(cond string) (bool, error) {
-			return false, fmt.Errorf("unknown condition %q", cond)
+			"sleep": func(ts *testscript.TestScript, neg bool, args []string) {
+				d, err := time.ParseDuration(args[0])
+				ts.Check(err)
+				time.Sleep(d)
+			},
 		},
 	})
 }
