@@ -208,7 +208,7 @@ func TestDecideCancelledContextDenies(t *testing.T) {
 	}
 }
 
-// nativeInput is the DESIGN.md example request as the policy sees it.
+// nativeInput is the example request of docs/agents.md as the policy sees it.
 func nativeInput() *pdp.Input {
 	return &pdp.Input{
 		Subject: pdp.Entity{Type: "user", ID: "alice@acme.example", Properties: map[string]any{
@@ -233,7 +233,7 @@ func TestDefaultPolicies(t *testing.T) {
 	e := newEngine(t, set)
 	d := e.Decide(t.Context(), nativeInput())
 	if !d.Allow || d.Err != nil {
-		t.Fatalf("DESIGN.md example = %+v, want allow", d)
+		t.Fatalf("docs example = %+v, want allow", d)
 	}
 	in := nativeInput()
 	in.Agent.ID = "spiffe://acme.example/agents/unknown"

@@ -36,7 +36,7 @@ type evalItem struct {
 	Context  map[string]any // as sent; nil when absent
 }
 
-// lifted is what custody takes out of an AuthZEN context: the agent envelope of DESIGN.md.
+// lifted is what custody takes out of an AuthZEN context: the agent envelope (docs/agents.md, AuthZEN).
 type lifted struct {
 	agent         *pdp.Agent
 	task          *taskBody // with the intent text, to be hashed and dropped

@@ -14,7 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// designRequest is the native request of DESIGN.md, with its placeholder correlation ID replaced
+// designRequest is the native request of docs/agents.md, with its placeholder correlation ID replaced
 // by a valid one (the placeholder contains spaces and a semicolon, which the contract forbids).
 const designRequest = `{
   "correlation_id": "corr-1",
