@@ -79,7 +79,9 @@ func authFlags(fs *flag.FlagSet, a *app.AuthConfig) {
 // token issuer.
 func runKeys(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "api-key" {
-		if len(args) != 2 {
+		if len(args) != 2 || strings.HasPrefix(args[1], "-") {
+			// "-h" is a request for help, never a key's name.
+			fmt.Fprintln(stderr, "usage: custody keys api-key NAME\n\nMakes an API key for the caller NAME and prints the line for --api-keys-file; custody keeps only its hash.")
 			return fmt.Errorf("%w: custody keys api-key NAME", errUsage)
 		}
 		key, line, err := identity.NewAPIKey(args[1])
