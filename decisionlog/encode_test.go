@@ -102,9 +102,9 @@ func BenchmarkSeal(b *testing.B) {
 		Caller:     &Caller{Method: "anonymous"},
 		Task:       &schema.Task{ID: "t-repeat-3", SessionID: "s-0", Attempt: 2, IntentSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},
 		Allow:      true, Reasons: []string{"allowed"},
-		Policy:     PolicyRef{Query: "data.custody.authz.decision", Revision: "sha256:0123456789abcdef"},
-		EvalNS:     5321, PDP: Instance{Instance: "01938f6e-0000-7000-8000-000000000000", Version: "dev"},
-		Seq:        123456, PrevHash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+		Policy: PolicyRef{Query: "data.custody.authz.decision", Revision: "sha256:0123456789abcdef"},
+		EvalNS: 5321, PDP: Instance{Instance: "01938f6e-0000-7000-8000-000000000000", Version: "dev"},
+		Seq: 123456, PrevHash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
 	}
 	b.ReportAllocs()
 	for b.Loop() {
