@@ -20,7 +20,7 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 // file below names every key of custody.decision.v1 (and of the execution fields it shares).
 func fullRecord() *Record {
 	ts := time.Date(2025, 6, 1, 12, 0, 0, 123456789, time.UTC)
-	started, finished := ts.Add(time.Second), ts.Add(2*time.Second)
+	started, finished, expires := ts.Add(time.Second), ts.Add(2*time.Second), ts.Add(time.Hour)
 	allow := true
 	return &Record{
 		Schema:        SchemaDecisionV1,
@@ -37,15 +37,18 @@ func fullRecord() *Record {
 		Agent:         &schema.Agent{ID: "spiffe://acme.example/agents/mailer", Type: "agent", Properties: map[string]any{"model": "m"}},
 		Delegation:    schema.Delegation{Verified: true, Chain: []any{map[string]any{"sub": "alice@acme.example"}}},
 		Caller:        &Caller{Method: "jwt", ID: "alice@acme.example", Workload: "spiffe://acme.example/agents/mailer"},
-		Task:          &schema.Task{ID: "task-1", ParentID: "task-0", Attempt: 2, SessionID: "sess-1", IntentSHA256: "ab12"},
-		Allow:         true,
-		Reasons:       []string{"scope_granted"},
-		Obligations:   map[string]any{"redact": []any{"body"}},
-		Policy:        PolicyRef{Query: "data.custody.authz.decision", Revision: "rev-1"},
-		Error:         "none",
-		EvalNS:        12345,
-		PDP:           Instance{Instance: "pdp-1", Version: "v1.2.3"},
-		ExecutionID:   "01JXEXECUTION",
+		Task: &schema.Task{ID: "task-1", ParentID: "task-0", Attempt: 2, SessionID: "sess-1", IntentSHA256: "ab12",
+			IntentSealed: &schema.SealedIntent{Stream: "CUSTODY_INTENTS", Subject: "custody.intent.pdp-1", Seq: 3, SHA256: "cd34"}},
+		Allow:       true,
+		Reasons:     []string{"scope_granted"},
+		Obligations: map[string]any{"redact": []any{"body"}},
+		Approval: &Approval{ID: "01JXAPPROVAL", Status: "approved", Approver: "carol", ApprovedVia: "approver_cli",
+			ExpiresAt: &expires, RequestDecisionID: "01JXREQUEST"},
+		Policy:      PolicyRef{Query: "data.custody.authz.decision", Revision: "rev-1"},
+		Error:       "none",
+		EvalNS:      12345,
+		PDP:         Instance{Instance: "pdp-1", Version: "v1.2.3"},
+		ExecutionID: "01JXEXECUTION",
 		Execution: &Execution{
 			Status:        ExecutionSucceeded,
 			Target:        ExecutionTarget{System: "smtp", RequestID: "smtp-1", Resource: "mailbox"},
@@ -55,6 +58,10 @@ func fullRecord() *Record {
 			Violation:     ViolationDecisionExpired,
 			DecisionAllow: &allow,
 		},
+		UnsealID: "01JXUNSEAL",
+		Unseal:   &Unseal{Reason: "incident 42", Sealed: &schema.SealedIntent{Stream: "CUSTODY_INTENTS", Subject: "custody.intent.pdp-1", Seq: 3, SHA256: "cd34"}},
+		Refusal: &Refusal{Code: "invalid_token", CallerKind: "token", Source: "10.0.0.0/24",
+			Claimed: &ClaimedIDs{Subject: "s1", Agent: "a1", Action: "x1"}, Count: 5, Sources: 2, Since: &started},
 		Seq:      7,
 		PrevHash: "prev",
 		Hash:     "hash",
