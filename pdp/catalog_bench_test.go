@@ -80,11 +80,15 @@ func catalogSet(b testing.TB, n int) (pdp.PolicySet, string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var data map[string]map[string]map[string]any
+	// custody holds lists too (ownerless_resource_types), so only tools is read as a map.
+	var data map[string]map[string]any
 	if err := json.Unmarshal(fsys["data.json"].Data, &data); err != nil {
 		b.Fatalf("data.json: %v", err)
 	}
-	tools := data["custody"]["tools"]
+	tools, ok := data["custody"]["tools"].(map[string]any)
+	if !ok {
+		b.Fatal("data.json: custody.tools is not an object")
+	}
 	scopes := []string{"mail.read", "mail.send", "contacts.read"} // the mailer agent's grants
 	var target string
 	for i := 0; len(tools) < n; i++ {
