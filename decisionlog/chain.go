@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 )
@@ -29,15 +28,13 @@ const hashSuffixLen = len(`,"hash":"`) + sha256.Size*2 + len(`"}`)
 // already be set.
 func Seal(r *Record) ([]byte, error) {
 	r.Hash = ""
-	b, err := json.Marshal(r)
+	b, err := marshalRecord(r)
 	if err != nil {
 		return nil, fmt.Errorf("decisionlog: encode record: %w", err)
 	}
 	sum := sha256.Sum256(b)
 	r.Hash = hex.EncodeToString(sum[:])
-	out := make([]byte, 0, len(b)+hashSuffixLen)
-	out = append(out, b[:len(b)-1]...)
-	out = append(out, `,"hash":"`...)
+	out := append(b[:len(b)-1], `,"hash":"`...) // b is ours: the body grows in place
 	out = append(out, r.Hash...)
 	out = append(out, `"}`...)
 	return out, nil

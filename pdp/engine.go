@@ -266,21 +266,35 @@ func (p *prepared) decide(ctx context.Context, in *Input, e *Engine) Decision {
 	if err := ctx.Err(); err != nil { // OPA checks cancellation only between steps
 		return policyError(fmt.Errorf("pdp: evaluate %s: %w", p.info.Query, err))
 	}
-	value, err := in.AST()
-	if err != nil {
-		return policyError(fmt.Errorf("pdp: convert input: %w", err))
-	}
 	var (
+		value ast.Value
 		key   string
 		keyed bool
 	)
+	convert := func() error {
+		var err error
+		value, err = in.AST()
+		return err
+	}
 	if p.memo != nil {
-		if key, keyed = p.proj.key(value); keyed {
+		// The key from the Go input when it can be, so that a hit converts nothing.
+		if key, keyed = p.proj.nativeKey(in); !keyed {
+			if err := convert(); err != nil {
+				return policyError(fmt.Errorf("pdp: convert input: %w", err))
+			}
+			key, keyed = p.proj.key(value)
+		}
+		if keyed {
 			if d, hit := p.memo.get(key); hit {
 				e.memoHits.Add(1)
 				return d.clone()
 			}
 			e.memoMisses.Add(1)
+		}
+	}
+	if value == nil {
+		if err := convert(); err != nil {
+			return policyError(fmt.Errorf("pdp: convert input: %w", err))
 		}
 	}
 	d := p.eval(ctx, value)

@@ -383,3 +383,36 @@ func FuzzMemoAgreesWithEvaluation(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkDecideMemoHit is a memo hit on an input as the server decodes it (numbers as
+// json.Number), the repeating traffic of the load harness: the same call, arguments and
+// correlation ID aside.
+func BenchmarkDecideMemoHit(b *testing.B) {
+	ctx := context.Background()
+	e := newEngine(b, embeddedSet(b), pdp.WithMemo(1000))
+	in := &pdp.Input{
+		Subject: pdp.Entity{Type: "user", ID: "alice@acme.example", Properties: map[string]any{
+			"roles": []any{"employee"}, "scopes": []any{"files.read", "files.write"},
+		}},
+		Action: pdp.Action{Name: "write_file", Properties: map[string]any{
+			"server": "filesystem", "arguments": map[string]any{"path": "/home/alice/notes.txt", "n": json.Number("3")},
+		}},
+		Resource:      pdp.Entity{Type: "file", ID: "/home/alice/notes.txt", Properties: map[string]any{"owner": "alice@acme.example"}},
+		Context:       map[string]any{"channel": "slack", "client_ip": "10.1.0.1"},
+		Agent:         &pdp.Agent{ID: "spiffe://acme.example/agents/ops"},
+		Delegation:    pdp.Delegation{Chain: []any{}},
+		Task:          &pdp.Task{ID: "t-1", SessionID: "s-1", Attempt: 1},
+		CorrelationID: "repeat-1",
+		Caller:        &pdp.Caller{Kind: pdp.CallerAnonymous},
+	}
+	if d := e.Decide(ctx, in); !d.Allow {
+		b.Fatalf("not an allow: %v", d.Reasons)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		e.Decide(ctx, in)
+	}
+	if hits, _ := e.MemoStats(); hits == 0 {
+		b.Fatal("no memo hit")
+	}
+}

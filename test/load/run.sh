@@ -11,16 +11,18 @@ DURATION=${DURATION:-20s}            # measured time of each load run
 WARMUP=${WARMUP:-5s}                 # warm-up before each load run, not counted
 CONNS=${CONNS:-"4 64"}               # connection counts to compare at
 ROUNDS=${ROUNDS:-2}                  # rounds of A B (OPA, custody) per connection count
-BODIES=${BODIES:-400}                # distinct requests, used in turn
+BODIES=${BODIES:-400}                # varied requests the shapes are drawn from (see genbodies)
+SHAPES=${SHAPES:-"repeat distinct"}  # traffic shapes: repeat (8 bodies, memo hits), distinct (every request new)
 RSS_RUN=${RSS_RUN:-1}                # 1: a further custody run watching its RSS over time
 RSS_DURATION=${RSS_DURATION:-60s}
 RSS_CONNS=${RSS_CONNS:-64}
+RSS_SHAPE=${RSS_SHAPE:-distinct}     # distinct fills the decision memo: the worst case for memory
 BATCH_ROUNDS=${BATCH_ROUNDS:-20}     # rounds of 100 single AuthZEN evaluations vs one batch of 100
 OPA_VERSION=${OPA_VERSION:-v1.22.3}
 CUSTODY_ADDR=${CUSTODY_ADDR:-127.0.0.1:28181}
 OPA_ADDR=${OPA_ADDR:-127.0.0.1:28281}
 NATS_ADDR=${NATS_ADDR:-127.0.0.1:24222}
-NOMEMO=${NOMEMO:-1}                  # 1: also run custody with --decision-memo 0 (every decision evaluated)
+NOMEMO=${NOMEMO:-0}                  # 1: also run custody with --decision-memo 0 (every decision evaluated)
 NOMEMO_ADDR=${NOMEMO_ADDR:-127.0.0.1:28182}
 NOMEMO_NATS_ADDR=${NOMEMO_NATS_ADDR:-127.0.0.1:24223}
 OUT=${OUT:-test/load/last-run.txt}   # raw JSON lines of this run
@@ -104,9 +106,9 @@ go build -o "$TMP/genbodies" ./test/load/genbodies
 GOBIN=$TMP go install "github.com/open-policy-agent/opa@$OPA_VERSION"
 
 "$TMP/genbodies" -out "$TMP/bodies" -n "$BODIES" -intent-key "$TMP/intent.key"
-printf '{"name":"meta","date":"%s","commit":"%s","go":"%s","cpus":%s,"duration":"%s","warmup":"%s","conns":"%s","rounds":%s,"bodies":%s}\n' \
+printf '{"name":"meta","date":"%s","commit":"%s","go":"%s","cpus":%s,"duration":"%s","warmup":"%s","conns":"%s","rounds":%s,"bodies":%s,"shapes":"%s"}\n' \
 	"$(date -u +%FT%TZ)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$(go env GOVERSION)" \
-	"$(nproc)" "$DURATION" "$WARMUP" "$CONNS" "$ROUNDS" "$BODIES" >>"$OUT"
+	"$(nproc)" "$DURATION" "$WARMUP" "$CONNS" "$ROUNDS" "$BODIES" "$SHAPES" >>"$OUT"
 
 port_free "$OPA_ADDR"
 port_free "$CUSTODY_ADDR"
@@ -136,18 +138,33 @@ sample_rss "$OPA_PID" "$TMP/rss-opa"
 sample_rss "$CUSTODY_PID" "$TMP/rss-custody"
 [[ $NOMEMO == 1 ]] && sample_rss "$NOMEMO_PID" "$TMP/rss-custody-nomemo"
 
-log "checking that custody and OPA decide all $BODIES requests alike"
-line=$("$TMP/genbodies" check -dir "$TMP/bodies" -custody "http://$CUSTODY_ADDR" -opa "http://$OPA_ADDR" -json) ||
-	die "custody and OPA disagree, or a server failed: the comparison would be meaningless"
-echo "$line" >>"$OUT"
-ANSWERED=$((ANSWERED + $(field custody_decisions "$line")))
-
-# load name url bodies conns duration
-load() {
+# check set: custody and OPA must decide every body of the set alike.
+check() {
 	local line
-	line=$("$TMP/loadgen" -name "$1" -url "$2" -bodies "$3" -c "$4" -d "$5" -warmup "$WARMUP" -json) || {
+	line=$("$TMP/genbodies" check -dir "$TMP/bodies" -set "$1" -custody "http://$CUSTODY_ADDR" -opa "http://$OPA_ADDR" -json) ||
+		die "custody and OPA disagree on the ${1:-varied} bodies, or a server failed: the comparison would be meaningless"
+	echo "$line" >>"$OUT"
+	ANSWERED=$((ANSWERED + $(field custody_decisions "$line")))
+}
+log "checking that custody and OPA decide all $BODIES varied requests, and both shapes' bodies, alike"
+check ""
+check repeat
+check distinct
+
+# memo_counts: custody's decision memo hits and misses so far, "HITS MISSES".
+memo_counts() {
+	curl -fsS "http://$CUSTODY_ADDR/v1/policy" | sed -n 's/.*"memo_hits":\([0-9]*\),"memo_misses":\([0-9]*\).*/\1 \2/p'
+}
+
+# load name url shape conns duration: one closed-loop run of a shape's bodies against a server.
+load() {
+	local line bodies extra=() before after
+	case $1 in opa*) bodies=$TMP/bodies/$3-opa.jsonl ;; *) bodies=$TMP/bodies/$3-custody.jsonl ;; esac
+	[[ $3 == distinct ]] && extra=(-unique "@@UNIQUE@@")
+	[[ $1 == custody* && $1 != custody-nomemo ]] && before=$(memo_counts)
+	line=$("$TMP/loadgen" -name "$1" -shape "$3" -url "$2" -bodies "$bodies" "${extra[@]}" -c "$4" -d "$5" -warmup "$WARMUP" -json) || {
 		FAILED=1
-		log "FAILED REQUESTS in $1 c=$4 (see above)"
+		log "FAILED REQUESTS in $1 $3 c=$4 (see above)"
 	}
 	[[ -n $line ]] || die "loadgen $1 gave no result"
 	echo "$line" >>"$OUT"
@@ -155,32 +172,39 @@ load() {
 		NOMEMO_ANSWERED=$((NOMEMO_ANSWERED + $(field total_2xx "$line")))
 	elif [[ $1 == custody* ]]; then
 		ANSWERED=$((ANSWERED + $(field total_2xx "$line")))
+		after=$(memo_counts)
+		if [[ -n $before && -n $after ]]; then
+			read -r h0 m0 <<<"$before"
+			read -r h1 m1 <<<"$after"
+			printf '{"name":"memo","shape":"%s","conns":%s,"hits":%d,"misses":%d}\n' "$3" "$4" $((h1 - h0)) $((m1 - m0)) >>"$OUT"
+			log "custody's memo during that run: $((h1 - h0)) hits, $((m1 - m0)) misses"
+		fi
 	fi
 }
 
 for c in $CONNS; do
-	for r in $(seq 1 "$ROUNDS"); do
-		log "conns $c, round $r of $ROUNDS: OPA, then custody, then custody without memo ($WARMUP warm-up + $DURATION each)"
-		load opa "http://$OPA_ADDR/v1/data/custody/authz/decision" "$TMP/bodies/opa.jsonl" "$c" "$DURATION"
-		load custody "http://$CUSTODY_ADDR/v1/authorize" "$TMP/bodies/custody.jsonl" "$c" "$DURATION"
-		if [[ $NOMEMO == 1 ]]; then
-			load custody-nomemo "http://$NOMEMO_ADDR/v1/authorize" "$TMP/bodies/custody.jsonl" "$c" "$DURATION"
-		fi
+	for shape in $SHAPES; do
+		for r in $(seq 1 "$ROUNDS"); do
+			log "conns $c, shape $shape, round $r of $ROUNDS: OPA, then custody ($WARMUP warm-up + $DURATION each)"
+			load opa "http://$OPA_ADDR/v1/data/custody/authz/decision" "$shape" "$c" "$DURATION"
+			load custody "http://$CUSTODY_ADDR/v1/authorize" "$shape" "$c" "$DURATION"
+			if [[ $NOMEMO == 1 ]]; then
+				load custody-nomemo "http://$NOMEMO_ADDR/v1/authorize" "$shape" "$c" "$DURATION"
+			fi
+		done
 	done
 done
 kill "${SAMPLERS[@]}" 2>/dev/null || true
 SAMPLERS=()
 
 log "checking again, now that custody answers repeats from its decision memo"
-line=$("$TMP/genbodies" check -dir "$TMP/bodies" -custody "http://$CUSTODY_ADDR" -opa "http://$OPA_ADDR" -json) ||
-	die "custody (from its memo) and OPA disagree"
-echo "$line" >>"$OUT"
-ANSWERED=$((ANSWERED + $(field custody_decisions "$line")))
+check ""
+check repeat
 
 if [[ $RSS_RUN == 1 ]]; then
-	log "custody alone for $RSS_DURATION at $RSS_CONNS conns, RSS sampled every second"
+	log "custody alone for $RSS_DURATION at $RSS_CONNS conns on the $RSS_SHAPE shape, RSS sampled every second"
 	sample_rss "$CUSTODY_PID" "$TMP/rss-custody-long"
-	load custody-rss "http://$CUSTODY_ADDR/v1/authorize" "$TMP/bodies/custody.jsonl" "$RSS_CONNS" "$RSS_DURATION"
+	load custody-rss "http://$CUSTODY_ADDR/v1/authorize" "$RSS_SHAPE" "$RSS_CONNS" "$RSS_DURATION"
 	kill "${SAMPLERS[@]}" 2>/dev/null || true
 	SAMPLERS=()
 fi
@@ -197,18 +221,20 @@ fi
 
 # The stream must hold one record for every decision custody answered.
 metrics=$(curl -fsS "http://$CUSTODY_ADDR/metrics" | awk '/^custody_decisions_total/ { s += $2 } END { printf "%d", s }')
-verify_out=$("$TMP/custody" verify --nats-url "nats://$NATS_ADDR" \
+verify_out=$("$TMP/custody" verify --nats-url "nats://$NATS_ADDR" --data-dir "$TMP/data" \
 	--pubkey "$("$TMP/custody" keys --data-dir "$TMP/data")" 2>&1) || true
 records=$(sed -n 's/^read [0-9]* messages: \([0-9]*\) decision records.*/\1/p' <<<"$verify_out")
 
 echo
 echo "== results ($(nproc) CPUs; $DURATION measured after $WARMUP warm-up; rounds: $ROUNDS; raw lines in $OUT)"
 "$TMP/loadgen" report -base opa -vs custody,custody-nomemo "$OUT"
-memo=$(curl -fsS "http://$CUSTODY_ADDR/v1/policy" | sed -n 's/.*"memo_hits":\([0-9]*\),"memo_misses":\([0-9]*\).*/\1 \2/p')
-if [[ -n $memo ]]; then
-	read -r hits misses <<<"$memo"
-	echo "decision memo (custody): $hits answered from memory, $misses evaluated ($BODIES distinct requests, each sent many times)"
-fi
+for shape in $SHAPES; do
+	read -r hits misses < <(awk -v s="\"shape\":\"$shape\"" 'index($0, "\"name\":\"memo\"") && index($0, s) {
+		match($0, /"hits":[0-9]+/); h += substr($0, RSTART + 7, RLENGTH - 7)
+		match($0, /"misses":[0-9]+/); m += substr($0, RSTART + 9, RLENGTH - 9)
+	} END { printf "%d %d\n", h, m }' "$OUT")
+	echo "decision memo (custody), $shape shape: $hits answered from memory, $misses evaluated"
+done
 echo
 rss_summary "OPA (comparison runs)" "$TMP/rss-opa"
 rss_summary "custody (comparison runs)" "$TMP/rss-custody"
@@ -231,7 +257,7 @@ if [[ -z $records || $records != "$ANSWERED" ]]; then
 	FAILED=1
 fi
 if [[ $NOMEMO == 1 ]]; then
-	nm_out=$("$TMP/custody" verify --nats-url "nats://$NOMEMO_NATS_ADDR" \
+	nm_out=$("$TMP/custody" verify --nats-url "nats://$NOMEMO_NATS_ADDR" --data-dir "$TMP/data-nomemo" \
 		--pubkey "$("$TMP/custody" keys --data-dir "$TMP/data-nomemo")" 2>&1) || true
 	nm_records=$(sed -n 's/^read [0-9]* messages: \([0-9]*\) decision records.*/\1/p' <<<"$nm_out")
 	echo "decision records (custody --decision-memo 0): answered $NOMEMO_ANSWERED; the stream holds ${nm_records:-?}"

@@ -32,6 +32,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	mrand "math/rand/v2"
 	"net/http"
 	"os"
@@ -66,6 +67,27 @@ const (
 	fileCustody = "custody.jsonl"
 	fileOPA     = "opa.jsonl"
 	fileAuthZEN = "authzen.jsonl"
+)
+
+// The two traffic shapes of the comparison, each a custody file and an OPA file line for line.
+//
+// repeat: RepeatBodies requests that differ only in what the policy never reads (correlation
+// ID, task, context, arguments): custody answers all but the first of each from its decision
+// memo, as it would an agent repeating a call.
+//
+// distinct: every request with a user, its scopes holding one extra scope named Unique, which
+// loadgen -unique replaces with a value never sent before. The policy reads the scopes (the
+// memo key includes them), so no two requests of a run share a memo entry, while the extra
+// scope names nothing in the catalog and leaves each request's decision what it would be.
+const (
+	fileRepeatCustody   = "repeat-custody.jsonl"
+	fileRepeatOPA       = "repeat-opa.jsonl"
+	fileDistinctCustody = "distinct-custody.jsonl"
+	fileDistinctOPA     = "distinct-opa.jsonl"
+	// RepeatBodies is the number of bodies of the repeating shape.
+	RepeatBodies = 8
+	// Unique is the placeholder loadgen -unique replaces with a fresh value in every request.
+	Unique = "@@UNIQUE@@"
 )
 
 // catalog is the part of policies/data.json the generator draws from.
@@ -149,22 +171,37 @@ func runGenerate(args []string) error {
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
-	var custody, opa, authzen bytes.Buffer
-	for i := range *n {
-		r := g.request(i, hasher != nil)
-		if err := appendLine(&custody, r); err != nil {
+	var custody, opa, authzen, repCustody, repOPA, disCustody, disOPA bytes.Buffer
+	pair := func(c, o *bytes.Buffer, r *request) error {
+		if err := appendLine(c, r); err != nil {
 			return err
 		}
-		if err := appendLine(&opa, map[string]any{"input": policyInput(r, hasher).Value()}); err != nil {
+		return appendLine(o, map[string]any{"input": policyInput(r, hasher).Value()})
+	}
+	for i := range *n {
+		r := g.request(i, hasher != nil)
+		if err := pair(&custody, &opa, r); err != nil {
 			return err
 		}
 		if r.User != nil {
 			if err := appendLine(&authzen, authzenItem(r)); err != nil {
 				return err
 			}
+			if err := pair(&disCustody, &disOPA, withUniqueScope(r)); err != nil {
+				return err
+			}
 		}
 	}
-	for name, b := range map[string]*bytes.Buffer{fileCustody: &custody, fileOPA: &opa, fileAuthZEN: &authzen} {
+	for i := range RepeatBodies {
+		if err := pair(&repCustody, &repOPA, g.repeated(i, hasher != nil)); err != nil {
+			return err
+		}
+	}
+	for name, b := range map[string]*bytes.Buffer{
+		fileCustody: &custody, fileOPA: &opa, fileAuthZEN: &authzen,
+		fileRepeatCustody: &repCustody, fileRepeatOPA: &repOPA,
+		fileDistinctCustody: &disCustody, fileDistinctOPA: &disOPA,
+	} {
 		if err := os.WriteFile(filepath.Join(*out, name), b.Bytes(), 0o644); err != nil {
 			return err
 		}
@@ -394,6 +431,42 @@ func (g *generator) request(i int, withIntent bool) *request {
 	return r
 }
 
+// withUniqueScope is a copy of r whose user holds one more scope, Unique (see the distinct
+// shape).
+func withUniqueScope(r *request) *request {
+	c := *r
+	u := *r.User
+	u.Properties = maps.Clone(r.User.Properties)
+	scopes, _ := u.Properties["scopes"].([]any)
+	u.Properties["scopes"] = append(slices.Clone(scopes), Unique)
+	c.User = &u
+	return &c
+}
+
+// repeated is request i of the repeating shape: always the same allowed call (alice, through
+// the ops agent, writes her own file on the filesystem server, a medium-risk write: every rule
+// of the policy runs and the answer carries a receipt), differing from the others only in what
+// the policy does not read.
+func (g *generator) repeated(i int, withIntent bool) *request {
+	r := &request{
+		CorrelationID: fmt.Sprintf("repeat-%d-%d", g.seed, i),
+		Agent:         entity{ID: "spiffe://acme.example/agents/ops"},
+		User: &entity{ID: "alice@acme.example", Properties: map[string]any{
+			"roles": []any{"employee"}, "scopes": []any{"files.read", "files.write"},
+		}},
+		Tool: tool{Name: "write_file", Server: "filesystem", Arguments: map[string]any{
+			"path": "/home/alice/notes.txt", "content": fmt.Sprintf("draft %d", i),
+		}},
+		Resource: &entity{Type: "file", ID: "/home/alice/notes.txt", Properties: map[string]any{"owner": "alice@acme.example"}},
+		Task:     &task{ID: fmt.Sprintf("t-repeat-%d", i), SessionID: fmt.Sprintf("s-%d", i%3), Attempt: int64(1 + i%2)},
+		Context:  map[string]any{"channel": []string{"slack", "web", "cli"}[i%3], "client_ip": fmt.Sprintf("10.1.0.%d", i+1)},
+	}
+	if withIntent {
+		r.Task.Intent = []string{"tidy my notes", "add the meeting summary to my notes"}[i%2]
+	}
+	return r
+}
+
 func (g *generator) arguments(name string, i int) map[string]any {
 	switch name {
 	case "send_email":
@@ -433,21 +506,37 @@ func runCheck(args []string) error {
 	opaURL := fs.String("opa", "", "OPA server's base `URL` (required)")
 	path := fs.String("opa-path", "/v1/data/custody/authz/decision", "OPA's decision API path")
 	limit := fs.Int("n", 0, "check only the first n pairs (0: all)")
+	set := fs.String("set", "", "which bodies: \"\" (custody.jsonl, opa.jsonl), repeat or distinct")
 	asJSON := fs.Bool("json", false, "print a JSON summary on standard output")
 	_ = fs.Parse(args)
 	if *dir == "" || *custodyURL == "" || *opaURL == "" {
 		return errors.New("check: -dir, -custody and -opa are required")
 	}
-	cb, err := lines(filepath.Join(*dir, fileCustody))
+	fc, fo := fileCustody, fileOPA
+	switch *set {
+	case "":
+	case "repeat":
+		fc, fo = fileRepeatCustody, fileRepeatOPA
+	case "distinct":
+		fc, fo = fileDistinctCustody, fileDistinctOPA
+	default:
+		return fmt.Errorf("check: -set %q: want repeat or distinct", *set)
+	}
+	cb, err := lines(filepath.Join(*dir, fc))
 	if err != nil {
 		return err
 	}
-	ob, err := lines(filepath.Join(*dir, fileOPA))
+	ob, err := lines(filepath.Join(*dir, fo))
 	if err != nil {
 		return err
 	}
 	if len(cb) != len(ob) {
-		return fmt.Errorf("%s has %d lines, %s %d: the pairing is broken", fileCustody, len(cb), fileOPA, len(ob))
+		return fmt.Errorf("%s has %d lines, %s %d: the pairing is broken", fc, len(cb), fo, len(ob))
+	}
+	for i := range cb { // each check sends a value of its own, as loadgen -unique would
+		u := fmt.Appendf(nil, "check-%d-%d", time.Now().UnixNano(), i)
+		cb[i] = bytes.ReplaceAll(cb[i], []byte(Unique), u)
+		ob[i] = bytes.ReplaceAll(ob[i], []byte(Unique), u)
 	}
 	if *limit > 0 && *limit < len(cb) {
 		cb, ob = cb[:*limit], ob[:*limit]
@@ -505,7 +594,9 @@ func runCheck(args []string) error {
 	switch {
 	case mismatches > 0:
 		return fmt.Errorf("custody and OPA disagree on %d of %d bodies", mismatches, len(cb))
-	case allowed == 0 || allowed == len(cb):
+	case *set == "repeat" && allowed != len(cb):
+		return fmt.Errorf("%d of the %d repeated bodies were denied: they should all be the same allow", len(cb)-allowed, len(cb))
+	case *set != "repeat" && (allowed == 0 || allowed == len(cb)):
 		return fmt.Errorf("all %d bodies got the same decision: the load would not exercise both paths", len(cb))
 	}
 	return nil

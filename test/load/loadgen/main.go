@@ -40,6 +40,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -158,6 +159,7 @@ func readBodies(path string, perLine bool) ([][]byte, error) {
 // started in the measured window; rps counts 2xx answers only.
 type loadResult struct {
 	Name      string  `json:"name"`
+	Shape     string  `json:"shape,omitempty"` // traffic shape, as -shape: ratios are taken within one
 	URL       string  `json:"url"`
 	Conns     int     `json:"conns"`
 	DurationS float64 `json:"duration_s"`
@@ -205,6 +207,8 @@ func runLoad(args []string) error {
 		asJSON   = fs.Bool("json", false, "print one JSON object on standard output")
 		timeout  = fs.Duration("timeout", 30*time.Second, "per-request timeout; a timeout is an error")
 		failExit = fs.Bool("fail", true, "exit 1 when any request failed (error or non-2xx), warm-up included")
+		shape    = fs.String("shape", "", "traffic shape `label` of this run in the output (report compares within a shape)")
+		unique   = fs.String("unique", "", "`placeholder` replaced in every request with a value this process never sent before")
 		hdrs     headers
 	)
 	fs.Var(&hdrs, "header", "extra request header `K:V`; repeatable")
@@ -233,6 +237,10 @@ func runLoad(args []string) error {
 
 	var dials atomic.Int64
 	var next atomic.Uint64 // index of the next body, shared so that all bodies are used in turn
+	// With -unique, request n carries "<run>-<n>": the run prefix (the start time) keeps the values
+	// of successive loadgen runs against one server apart too.
+	uniq := []byte(*unique)
+	runPrefix := strconv.FormatInt(time.Now().UnixNano(), 36)
 	start := time.Now()
 	measureFrom := start.Add(*warmup)
 	end := measureFrom.Add(*dur)
@@ -250,7 +258,11 @@ func runLoad(args []string) error {
 					return
 				}
 				measured := !t0.Before(measureFrom)
-				b := reqs[(next.Add(1)-1)%uint64(len(reqs))]
+				n := next.Add(1) - 1
+				b := reqs[n%uint64(len(reqs))]
+				if len(uniq) > 0 {
+					b = bytes.ReplaceAll(b, uniq, []byte(runPrefix+"-"+strconv.FormatUint(n, 10)))
+				}
 				status, resp, err := post(ctx, client, *url, hdrs, b)
 				lat := time.Since(t0)
 				if !measured {
@@ -304,7 +316,7 @@ func runLoad(args []string) error {
 	}
 	h := &all.hist
 	r := loadResult{
-		Name: *name, URL: *url, Conns: *conns, DurationS: dur.Seconds(), Bodies: len(reqs),
+		Name: *name, Shape: *shape, URL: *url, Conns: *conns, DurationS: dur.Seconds(), Bodies: len(reqs),
 		RPS: float64(all.ok) / dur.Seconds(),
 		P50: h.quantileMS(0.50), P90: h.quantileMS(0.90), P99: h.quantileMS(0.99), P999: h.quantileMS(0.999),
 		Max: ms(h.max), Mean: h.meanMS(),
@@ -476,6 +488,7 @@ func runReport(args []string) error {
 		return err
 	}
 	type key struct {
+		shape string
 		name  string
 		conns int
 	}
@@ -490,7 +503,7 @@ func runReport(args []string) error {
 		if json.Unmarshal(line, &r) != nil || r.Conns == 0 || r.DurationS == 0 {
 			continue // not a load result
 		}
-		k := key{r.Name, r.Conns}
+		k := key{r.Shape, r.Name, r.Conns}
 		a := sums[k]
 		if a == nil {
 			a = &agg{}
@@ -503,17 +516,22 @@ func runReport(args []string) error {
 		a.p99 += r.P99
 		a.errors += float64(r.Errors + r.Non2xx)
 	}
-	slices.SortStableFunc(keys, func(a, b key) int { return a.conns - b.conns })
-	fmt.Printf("%-14s %6s %7s %10s %9s %9s %8s %10s %10s\n", "server", "conns", "rounds", "req/s", "p50 ms", "p99 ms", "failed", "rps/"+*base, "p99/"+*base)
+	slices.SortStableFunc(keys, func(a, b key) int {
+		if c := strings.Compare(a.shape, b.shape); c != 0 {
+			return c
+		}
+		return a.conns - b.conns
+	})
+	fmt.Printf("%-10s %-14s %6s %7s %10s %9s %9s %8s %10s %10s\n", "shape", "server", "conns", "rounds", "req/s", "p50 ms", "p99 ms", "failed", "rps/"+*base, "p99/"+*base)
 	for _, k := range keys {
 		a := sums[k]
 		n := float64(a.n)
 		rRPS, rP99 := "", ""
-		if b := sums[key{*base, k.conns}]; b != nil && k.name != *base && (*vs == "" || slices.Contains(strings.Split(*vs, ","), k.name)) {
+		if b := sums[key{k.shape, *base, k.conns}]; b != nil && k.name != *base && (*vs == "" || slices.Contains(strings.Split(*vs, ","), k.name)) {
 			rRPS = fmt.Sprintf("%.2f", (a.rps/n)/(b.rps/float64(b.n)))
 			rP99 = fmt.Sprintf("%.2f", (a.p99/n)/(b.p99/float64(b.n)))
 		}
-		fmt.Printf("%-14s %6d %7d %10.0f %9.2f %9.2f %8.0f %10s %10s\n", k.name, k.conns, a.n, a.rps/n, a.p50/n, a.p99/n, a.errors, rRPS, rP99)
+		fmt.Printf("%-10s %-14s %6d %7d %10.0f %9.2f %9.2f %8.0f %10s %10s\n", k.shape, k.name, k.conns, a.n, a.rps/n, a.p50/n, a.p99/n, a.errors, rRPS, rP99)
 	}
 	return nil
 }
