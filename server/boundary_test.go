@@ -225,3 +225,47 @@ func TestImpersonationRecordIsBounded(t *testing.T) {
 		t.Errorf("impersonation record lost the claimed call: %+v", recs[0])
 	}
 }
+
+// TestRefusalsLeaveTheStreamsReserveToDecisions: once the stream is near its byte limit (room
+// reports false), refused attempts are only counted, however few; when there is room again, one
+// aggregate records them all.
+func TestRefusalsLeaveTheStreamsReserveToDecisions(t *testing.T) {
+	now := fixedNow
+	mem := &decisionlog.Memory{}
+	room := false
+	srv := refusalServer(t, mem, &now, server.WithRefusalRoom(func() bool { return room }))
+	attempt := func() {
+		req := httptest.NewRequest(http.MethodPost, server.EndpointAuthorize, strings.NewReader(minimalNative))
+		req.RemoteAddr = "192.0.2.9:4000"
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-API-Key", "ck_wrong")
+		rec := httptest.NewRecorder()
+		srv.Handler().ServeHTTP(rec, req)
+		if rec.Code != http.StatusUnauthorized {
+			t.Fatalf("status %d, want 401", rec.Code)
+		}
+	}
+	for range 5 {
+		attempt()
+	}
+	if n := len(mem.Records()); n != 0 {
+		t.Fatalf("%d refusal records written into the stream's reserve, want 0", n)
+	}
+	now = now.Add(2 * time.Minute)
+	attempt() // the interval is over, but there is still no room: the aggregate waits
+	if n := len(mem.Records()); n != 0 {
+		t.Fatalf("%d records while the stream has no room, want 0", n)
+	}
+	room = true
+	now = now.Add(2 * time.Minute)
+	attempt()
+	var total uint64
+	for _, r := range mem.Records() {
+		if r.Refusal != nil {
+			total += r.Refusal.Count
+		}
+	}
+	if total != 7 {
+		t.Fatalf("refusals counted in records: %d, want all 7", total)
+	}
+}

@@ -53,6 +53,15 @@ func WithRefusalLimits(l RefusalLimits) Option {
 	return func(s *Server) { s.refusals = newRefusalLimiter(l) }
 }
 
+// WithRefusalRoom gives the server a check of whether the decision stream has room for
+// refusals: room reports false once the stream is near its byte limit. Refusals are then only
+// counted, and the count is recorded as one aggregate once there is room again, so that refused
+// callers can never take the last of the stream's space from decisions. By default there is
+// always room.
+func WithRefusalRoom(room func() bool) Option {
+	return func(s *Server) { s.refusalRoom = room }
+}
+
 // maxTrackedSources bounds the per-source buckets and the distinct sources an aggregate counts:
 // past it, an unknown source is over its limit (and still counted).
 const maxTrackedSources = 10000
@@ -102,9 +111,12 @@ func newRefusalLimiter(l RefusalLimits) *refusalLimiter {
 
 // admit reports whether an attempt from source is recorded on its own; when not, it is counted
 // and first reports true for armed if the caller must arm the interval's flush.
-func (l *refusalLimiter) admit(now time.Time, source string) (ok, arm bool) {
+func (l *refusalLimiter) admit(now time.Time, source string, room bool) (ok, arm bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if !room {
+		return false, l.count(now, source)
+	}
 	b := l.sources[source]
 	if b == nil && len(l.sources) >= maxTrackedSources {
 		for k, v := range l.sources { // forget sources whose bucket has refilled
@@ -120,6 +132,12 @@ func (l *refusalLimiter) admit(now time.Time, source string) (ok, arm bool) {
 	if b != nil && b.take(now, l.lim.PerSourceBurst, l.lim.PerSourceEvery) && l.global.take(now, l.lim.GlobalBurst, l.lim.GlobalEvery) {
 		return true, false
 	}
+	return false, l.count(now, source)
+}
+
+// count adds an attempt to the next aggregate, reporting whether it is the first of one (the
+// caller then arms the interval's flush). l.mu is held.
+func (l *refusalLimiter) count(now time.Time, source string) (arm bool) {
 	if l.dropped == 0 {
 		l.since, arm = now, true
 	}
@@ -127,7 +145,18 @@ func (l *refusalLimiter) admit(now time.Time, source string) (ok, arm bool) {
 	if len(l.from) < maxTrackedSources {
 		l.from[source] = struct{}{}
 	}
-	return false, arm
+	return arm
+}
+
+// restore puts an aggregate that could not be recorded back into the count, so that its
+// attempts are recorded with the next one.
+func (l *refusalLimiter) restore(agg *decisionlog.Refusal) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dropped == 0 || (agg.Since != nil && agg.Since.Before(l.since)) {
+		l.since = *agg.Since
+	}
+	l.dropped += agg.Count
 }
 
 // due takes the aggregate of the attempts counted so far once the interval is over (or always,
@@ -154,7 +183,7 @@ func (s *Server) refuseAttempt(c echo.Context, endpoint string, claimed *agentca
 		s.publishAggregate(req.Context(), agg)
 	}
 	source := sourceOf(req)
-	ok, arm := s.refusals.admit(now, source)
+	ok, arm := s.refusals.admit(now, source, s.roomForRefusals())
 	if arm {
 		s.refusals.mu.Lock()
 		if s.refusals.timer != nil {
@@ -213,12 +242,19 @@ func (s *Server) refusalSummary(endpoint string, r *decisionlog.Refusal) *decisi
 }
 
 func (s *Server) publishAggregate(ctx context.Context, agg *decisionlog.Refusal) {
+	if !s.roomForRefusals() {
+		s.refusals.restore(agg) // recorded once the stream has room again
+		s.logger.Warn().Uint64("count", agg.Count).Msg("decision stream near its byte limit: refusals are only counted until it has room")
+		return
+	}
 	rec := s.refusalSummary("", agg)
 	rec.Reasons = []string{decisionlog.ReasonRefusalsDropped}
 	if err := s.publisher.Publish(ctx, rec); err != nil {
 		s.logger.Error().Err(err).Uint64("count", agg.Count).Msg("aggregate of rate-limited refusals not recorded")
 	}
 }
+
+func (s *Server) roomForRefusals() bool { return s.refusalRoom == nil || s.refusalRoom() }
 
 // refusalText is the recorded error of a refusal: fixed per code, since a verifier's message
 // can repeat what the credential claimed.

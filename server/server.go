@@ -80,6 +80,7 @@ type Server struct {
 	approvalCfg ApprovalConfig
 	approvals   *approvalStore
 	refusals    *refusalLimiter // refusal.go
+	refusalRoom func() bool     // nil: always room (refusal.go)
 
 	echo *echo.Echo
 }

@@ -43,8 +43,10 @@ type Guard struct {
 
 	tripped atomic.Pointer[error]
 	checks  atomic.Uint64
-	poke    chan struct{}
-	mu      sync.Mutex // one Check at a time
+	// bytes and maxBytes are the stream's size and byte limit as the last check saw them.
+	bytes, maxBytes atomic.Int64
+	poke            chan struct{}
+	mu              sync.Mutex // one Check at a time
 }
 
 // GuardOption configures a Guard.
@@ -71,6 +73,8 @@ func NewGuard(stream jetstream.Stream, opts ...GuardOption) *Guard {
 	for _, o := range opts {
 		o(g)
 	}
+	g.bytes.Store(int64(info.State.Bytes))
+	g.maxBytes.Store(info.Config.MaxBytes)
 	return g
 }
 
@@ -111,7 +115,21 @@ func (g *Guard) Check(ctx context.Context) error {
 	if d := ConfigDifferences(g.want, info.Config); len(d) > 0 {
 		return g.trip("its settings changed: " + strings.Join(d, "; "))
 	}
+	g.bytes.Store(int64(info.State.Bytes))
+	g.maxBytes.Store(info.Config.MaxBytes)
 	return nil
+}
+
+// Room reports whether the stream, as the last check saw it, has more than reserve (a fraction
+// of its byte limit) left: what may be spent on records that are not decisions, such as refused
+// attempts, so that they can never take the last of the space from decisions. An unbounded
+// stream always has room.
+func (g *Guard) Room(reserve float64) bool {
+	limit := g.maxBytes.Load()
+	if limit <= 0 {
+		return true
+	}
+	return float64(g.bytes.Load()) < (1-reserve)*float64(limit)
 }
 
 func (g *Guard) trip(why string) error {

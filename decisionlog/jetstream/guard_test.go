@@ -134,3 +134,32 @@ func TestGuardChecksAfterAPublishError(t *testing.T) {
 		return nil
 	})
 }
+
+// TestGuardRoomKeepsAReserve: Room follows the stream's size as the last check saw it, and is
+// false once less than the reserve is left; an unbounded stream always has room.
+func TestGuardRoomKeepsAReserve(t *testing.T) {
+	js, s := setup(t, custodyjs.StreamConfig{MaxBytes: 64 << 10})
+	g := custodyjs.NewGuard(s)
+	if !g.Room(0.1) {
+		t.Fatal("an empty stream has no room")
+	}
+	body := make([]byte, 4<<10)
+	for i := 0; i < 15; i++ {
+		if _, err := js.Publish(t.Context(), "custody.decision.allow.a.t.c", body); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	if !g.Room(0.1) {
+		t.Fatal("Room changed before a check saw the stream")
+	}
+	if err := g.Check(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if g.Room(0.1) {
+		t.Fatal("a stream 15/16 full still has room above a 10% reserve")
+	}
+	_, unbounded := setup(t, custodyjs.StreamConfig{})
+	if !custodyjs.NewGuard(unbounded).Room(0.1) {
+		t.Fatal("an unbounded stream has no room")
+	}
+}

@@ -230,6 +230,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *App, err error) {
 		custodyhttp.WithMaxBodyBytes(cfg.MaxBodyBytes),
 		custodyhttp.WithPublicURL(cfg.PublicURL),
 		custodyhttp.WithRegistry(reg),
+		// Refused attempts may not use the last tenth of a bounded stream: that is the decisions'.
+		custodyhttp.WithRefusalRoom(func() bool { return guard.Room(refusalReserve) }),
 		custodyhttp.WithPolicyStatus(a.policy),
 		custodyhttp.WithReadyCheck("policy", func(context.Context) error {
 			if engine.Policy().Revision == "" {
@@ -392,6 +394,9 @@ func (a *App) Close(ctx context.Context) error {
 	})
 	return a.closeErr
 }
+
+// refusalReserve is the fraction of a bounded stream that refused attempts never use.
+const refusalReserve = 0.1
 
 // startEmbedded runs the embedded server in operator mode, with the keys and the reader
 // credential under DATA/nats, and returns the options of custody's own connection: in process,
