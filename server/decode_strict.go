@@ -43,13 +43,18 @@ func decodeJSON(body []byte, v any) *apiError {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return errorf(CodeInvalidJSON, "request body is empty; want a JSON object")
 	}
-	val, aerr := strictValue(body, shapeOf(reflect.TypeOf(v)))
-	if aerr != nil {
-		return aerr
-	}
-	if p, ok := v.(*any); ok {
-		*p = val
-		return nil
+	sh := shapeOf(reflect.TypeOf(v))
+	p, wantValue := v.(*any)
+	// The fast path only says yes: a body it is unsure of, and every refusal, is walked.
+	if wantValue || !utf8.Valid(body) || !fastStrict(body, sh) {
+		val, aerr := strictValue(body, sh)
+		if aerr != nil {
+			return aerr
+		}
+		if wantValue {
+			*p = val
+			return nil
+		}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()

@@ -112,3 +112,61 @@ func TestFoldKeyMatchesEqualFold(t *testing.T) {
 		}
 	}
 }
+
+// FuzzFastStrictAgrees holds the fast path to the walker: a body the fast path accepts, for a
+// native request's shape and for a free-form value, the walker accepts too. Seeds are shared
+// with FuzzStrictDecode (testdata/fuzz/FuzzFastStrictAgrees).
+func FuzzFastStrictAgrees(f *testing.F) {
+	for _, seed := range fastSeeds {
+		f.Add([]byte(seed))
+	}
+	native := shapeOf(reflect.TypeOf(&authorizeRequest{}))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if !utf8.Valid(body) {
+			return
+		}
+		for _, sh := range []*shape{nil, native} {
+			if fastStrict(body, sh) {
+				if _, err := strictValue(body, sh); err != nil {
+					t.Fatalf("the fast path accepted what the walker refuses (%v): %q", err, body)
+				}
+			}
+		}
+	})
+}
+
+// fastSeeds cover each rule the fast path checks, on both sides of it.
+var fastSeeds = []string{
+	`{"agent":{"id":"a"},"tool":{"name":"t","server":"s","arguments":{"x":[1,2.5,-3e2,{"y":null}],"z":"\u00e9\n"}}}`,
+	`{"tool":{"name":"a"},"TOOL":{"name":"b"}}`,
+	`{"tool":{"name":"a","name":"b"}}`,
+	`{"tool":{"arguments":{"k":1,"K":2}}}`,
+	`{"tool":{"arguments":{"k":1,"\u212a":2}}}`,
+	`{"resources":{}}`,
+	`{"tool":{"arguments":{"n":1e400}}}`,
+	`{"tool":{"arguments":{"n":1e-400}}}`,
+	`{"tool":{"arguments":{"n":-0.0e+00}}}`,
+	`{"a\u0062":1}`,
+	`{"tool":{"name":"t"}} x`,
+	`{"tool":{"name":"t",}}`,
+	`[` + strings.Repeat(`[`, 63) + strings.Repeat(`]`, 63) + `]`,
+	`[` + strings.Repeat(`[`, 64) + strings.Repeat(`]`, 64) + `]`,
+	`"str"`, `true`, `null`, `01`, `-`, `1.`, `{"a":"\x"}`, `{"a":"` + "\x01" + `"}`,
+}
+
+func TestFastStrictSeeds(t *testing.T) {
+	native := shapeOf(reflect.TypeOf(&authorizeRequest{}))
+	for _, seed := range fastSeeds {
+		for _, sh := range []*shape{nil, native} {
+			if fastStrict([]byte(seed), sh) {
+				if _, err := strictValue([]byte(seed), sh); err != nil {
+					t.Errorf("fast path accepted %q, the walker refuses it: %v", seed, err)
+				}
+			}
+		}
+	}
+	// The fast path must take the common body, or it buys nothing.
+	if !fastStrict([]byte(fastSeeds[0]), native) {
+		t.Error("the fast path refused a plain native body")
+	}
+}
