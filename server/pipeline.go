@@ -112,18 +112,17 @@ func (x *exchange) decideInput(in *pdp.Input, bodyUser bool, m requestMeta, inte
 	if d.Err != nil {
 		o.err = &itemError{Status: http.StatusInternalServerError, Code: pdp.ReasonPolicyError, Message: "the policy could not be evaluated, so the decision is a deny"}
 	}
-	if serr := x.s.sealIntent(x.c, rec, intent); serr != nil {
-		x.s.forgetApproval(rec)
-		if serr.denied == nil {
-			o.recordErr = serr // not even the deny could be recorded
-		} else {
-			o.refused = serr
-			o.err = &itemError{Status: statusCode(serr.Code), Code: serr.Code, Message: serr.Message}
-		}
-		return o
+	switch serr := x.s.sealIntent(x.c, rec, intent); {
+	case serr == nil:
+		o.recordErr = x.s.record(x.c, rec)
+	case serr.denied == nil:
+		o.recordErr = serr // the intent could not be sealed, nor the deny recorded
+	default: // sealIntent recorded the deny
+		o.refused = serr
+		o.err = &itemError{Status: statusCode(serr.Code), Code: serr.Code, Message: serr.Message}
 	}
-	if o.recordErr = x.s.record(x.c, rec); o.recordErr != nil {
-		x.s.forgetApproval(rec)
+	if o.recordErr != nil || o.refused != nil {
+		x.s.forgetApproval(rec) // no answer stands on an approval opened for this call
 	}
 	return o
 }

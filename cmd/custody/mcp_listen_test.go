@@ -1,14 +1,10 @@
 package main
 
 import (
-	"context"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
-
-	"github.com/custodyhq/custody/internal/natstest"
 )
 
 // TestMCPListenWithoutToken: a client of `custody mcp --listen` that sends no bearer token, to a
@@ -17,30 +13,8 @@ func TestMCPListenWithoutToken(t *testing.T) {
 	up := upstreamMCP(t)
 	listen := freeAddr(t)
 	args := []string{"--data-dir", t.TempDir(), "--nats-listen", "none", "--listen", listen, "--upstream", "filesystem=" + up, "--log-level", "error"}
-	var stderr syncBuffer
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- runMCP(ctx, args, nil, &stderr) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("runMCP: %v", err)
-		}
-	})
-	var cs *mcp.ClientSession
-	natstest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
-		select {
-		case err := <-done:
-			done <- err
-			t.Fatalf("runMCP returned early: %v\n%s", err, stderr.String())
-		default:
-		}
-		var err error
-		cs, err = mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil).
-			Connect(ctx, &mcp.StreamableClientTransport{Endpoint: "http://" + listen + "/mcp"}, nil)
-		return err
-	})
-	defer cs.Close()
+	ctx := t.Context()
+	cs, _ := startMCPListen(t, args, listen)
 
 	_, listErr := cs.ListTools(ctx, nil)
 	res, callErr := cs.CallTool(ctx, &mcp.CallToolParams{Name: "read_file", Arguments: map[string]any{"path": "/tmp/a"}})

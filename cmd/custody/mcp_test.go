@@ -87,31 +87,8 @@ func TestMCPInProcessNeedsNoLog(t *testing.T) {
 				"--upstream", "filesystem=" + up, "--agent", "spiffe://acme.example/agents/researcher",
 				"--user", "alice@acme.example", "--user-properties", `{"scopes":["files.read"]}`,
 			}, tc.flags...)
-			var stderr syncBuffer
-			ctx, cancel := context.WithCancel(t.Context())
-			done := make(chan error, 1)
-			go func() { done <- runMCP(ctx, args, nil, &stderr) }()
-			t.Cleanup(func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("runMCP: %v", err)
-				}
-			})
-
-			var cs *mcp.ClientSession
-			natstest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
-				select {
-				case err := <-done:
-					done <- err
-					t.Fatalf("runMCP returned early: %v\n%s", err, stderr.String())
-				default:
-				}
-				var err error
-				cs, err = mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil).
-					Connect(ctx, &mcp.StreamableClientTransport{Endpoint: "http://" + listen + "/mcp"}, nil)
-				return err
-			})
-			defer cs.Close()
+			ctx := t.Context()
+			cs, stderr := startMCPListen(t, args, listen)
 			// The PDP decides the list: the user may read files, not delete them.
 			var names []string
 			for tool, err := range cs.Tools(ctx, nil) {
@@ -160,4 +137,35 @@ func TestMCPInProcessStartFailure(t *testing.T) {
 	if errors.Is(err, errUsage) || time.Since(start) > 30*time.Second {
 		t.Fatalf("runMCP: %v after %s", err, time.Since(start))
 	}
+}
+
+// startMCPListen runs `custody mcp` with args, serving MCP over HTTP on listen, until the test
+// ends, and returns a client session to it and the gateway's log.
+func startMCPListen(t *testing.T, args []string, listen string) (*mcp.ClientSession, *syncBuffer) {
+	t.Helper()
+	stderr := &syncBuffer{}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- runMCP(ctx, args, nil, stderr) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("runMCP: %v", err)
+		}
+	})
+	var cs *mcp.ClientSession
+	natstest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("runMCP returned early: %v\n%s", err, stderr.String())
+		default:
+		}
+		var err error
+		cs, err = mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil).
+			Connect(ctx, &mcp.StreamableClientTransport{Endpoint: "http://" + listen + "/mcp"}, nil)
+		return err
+	})
+	t.Cleanup(func() { cs.Close() })
+	return cs, stderr
 }
