@@ -162,5 +162,5 @@ func BenchmarkLoadCatalog(b *testing.B) {
 
 // oneCompile compiles and prepares set once, the floor of what a load can cost.
 func oneCompile(ctx context.Context, set pdp.PolicySet) (rego.PreparedEvalQuery, error) {
-	return rego.New(rego.Query(pdp.DefaultQuery), rego.ParsedBundle("custody", set.Bundle)).PrepareForEval(ctx)
+	return rego.New(rego.Query(pdp.DefaultQuery), rego.StoreReadAST(true), rego.ParsedBundle("custody", set.Bundle)).PrepareForEval(ctx)
 }

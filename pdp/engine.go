@@ -193,9 +193,13 @@ func (e *Engine) Load(ctx context.Context, set PolicySet) error {
 // compileSet compiles set once into a compiler and a store holding its data, which every query
 // of the policy set is then prepared on (see prepareQuery). Preparing each query from the bundle
 // compiled the whole set again per query: five compiles per load, four times the memory.
-// The compiler is configured as rego configures its own, so decisions are unchanged.
+// The compiler is configured as rego configures its own, so decisions are unchanged. The store
+// holds the data as OPA values (OPA's --read-ast-values-from-store, off by default in its
+// server): converted once at load, instead of what each decision reads converted again for it.
+// It costs memory at load (about 40 MB more live heap for a catalog of 100,000 tools), which the
+// memory governor sees, against allocations on every decision.
 func compileSet(ctx context.Context, set PolicySet) (*ast.Compiler, storage.Store, error) {
-	store := inmem.NewWithOpts(inmem.OptReturnASTValuesOnRead(false))
+	store := inmem.NewWithOpts(inmem.OptReturnASTValuesOnRead(true))
 	txn, err := store.NewTransaction(ctx, storage.WriteParams)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pdp: open store of policy set %s: %w", set.Source, err)
@@ -298,7 +302,7 @@ func (p *prepared) decide(ctx context.Context, in *Input, e *Engine) Decision {
 		}
 	}
 	d := p.eval(ctx, value)
-	if keyed && d.Err == nil {
+	if keyed && d.Err == nil && p.memo.admit(key) {
 		p.memo.put(key, d.clone())
 	}
 	return d

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"slices"
 	"strings"
@@ -384,6 +385,10 @@ func appendString(buf []byte, s string) []byte {
 // entries and by an estimate of the bytes they hold (keys, reasons and obligations): the entry
 // bound alone let a few large decisions, one 4 KiB key and a large obligation each, grow the memo
 // well past what its entry count suggests.
+//
+// A decision is remembered the second time its key is decided, not the first (see doorkeeper):
+// traffic that never repeats then costs the memo one hash per decision, instead of an entry
+// built, inserted and evicted unused, and a memo full of them for the collector to scan.
 type memo struct {
 	mu         sync.Mutex
 	entries    map[string]*list.Element // of *memoEntry
@@ -391,6 +396,7 @@ type memo struct {
 	maxEntries int
 	maxBytes   int64
 	bytes      int64
+	door       doorkeeper
 }
 
 type memoEntry struct {
@@ -400,7 +406,12 @@ type memoEntry struct {
 }
 
 func newMemo(entries int, bytes int64) *memo {
-	return &memo{entries: make(map[string]*list.Element, min(entries, 1024)), maxEntries: entries, maxBytes: bytes}
+	return &memo{
+		entries:    make(map[string]*list.Element, min(entries, 1024)),
+		maxEntries: entries,
+		maxBytes:   bytes,
+		door:       newDoorkeeper(entries),
+	}
 }
 
 func (m *memo) get(k string) (Decision, bool) {
@@ -412,6 +423,14 @@ func (m *memo) get(k string) (Decision, bool) {
 	}
 	m.lru.MoveToFront(el)
 	return el.Value.(*memoEntry).d, true
+}
+
+// admit says whether a decision under k, just evaluated, is worth remembering: whether k was
+// decided before, as far as the doorkeeper recalls.
+func (m *memo) admit(k string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.door.seenBefore(k)
 }
 
 // put remembers d under k, evicting the least recently used entries until both bounds hold. A
@@ -510,4 +529,41 @@ func cloneJSON(v any) any {
 		return out
 	}
 	return v
+}
+
+// doorkeeper recalls the keys of the last decisions the memo did not remember, as 64-bit hashes,
+// the oldest forgotten first: a TinyLFU cache's doorkeeper (Einziger et al., 2017) made exact, so
+// that whether a key is remembered depends only on the keys decided before it. A false match (two
+// keys with one hash) only admits a key a decision early; what is remembered is always the key's
+// own decision. Its hashes hold no pointers, so the collector never scans them.
+type doorkeeper struct {
+	seed maphash.Seed
+	seen map[uint64]struct{}
+	ring []uint64 // the hashes in seen, in the order they came; a full ring forgets its oldest
+	next int      // the ring's oldest, once it is full
+}
+
+// newDoorkeeper recalls twice the memo's entries: a key is remembered when it repeats before that
+// many other new keys were decided.
+func newDoorkeeper(entries int) doorkeeper {
+	n := max(1, min(2*entries, 1<<22))
+	return doorkeeper{seed: maphash.MakeSeed(), seen: make(map[uint64]struct{}, min(n, 4096)), ring: make([]uint64, 0, n)}
+}
+
+// seenBefore reports whether k was offered since the doorkeeper last forgot it, and recalls it.
+// The caller holds the memo's lock.
+func (d *doorkeeper) seenBefore(k string) bool {
+	h := maphash.String(d.seed, k)
+	if _, ok := d.seen[h]; ok {
+		return true
+	}
+	if len(d.ring) < cap(d.ring) {
+		d.ring = append(d.ring, h)
+	} else {
+		delete(d.seen, d.ring[d.next])
+		d.ring[d.next] = h
+		d.next = (d.next + 1) % len(d.ring)
+	}
+	d.seen[h] = struct{}{}
+	return false
 }

@@ -216,29 +216,31 @@ decisions.write := {"allow": false}`),
 
 // --decision-memo N means N: the memo holds N decisions, the least recently used one goes
 // first, and no more are held. (Two generations of N/2 held one decision less for an odd N,
-// and two for N = 1.)
+// and two for N = 1.) A decision is remembered the second time it is decided.
 func TestMemoHoldsExactlyNEntries(t *testing.T) {
 	ctx := context.Background()
 	set := policySet(t, authz(`decision := {"allow": true, "reasons": [input.action.name]}`))
 	for _, n := range []int{1, 2, 3, 5} {
 		e := newEngine(t, set, pdp.WithMemo(n))
 		in := func(i int) *pdp.Input { return who("a", fmt.Sprint("tool", i), nil) }
-		for i := range n { // n misses
+		for i := range n { // 2n misses: each is remembered the second time
+			e.Decide(ctx, in(i))
 			e.Decide(ctx, in(i))
 		}
 		for i := range n { // n hits: all of them are held
 			e.Decide(ctx, in(i))
 		}
-		if hits, misses := e.MemoStats(); hits != uint64(n) || misses != uint64(n) {
-			t.Fatalf("memo of %d: %d hits, %d misses after %d decisions twice, want %d and %d", n, hits, misses, n, n, n)
+		if hits, misses := e.MemoStats(); hits != uint64(n) || misses != uint64(2*n) {
+			t.Fatalf("memo of %d: %d hits, %d misses after %d decisions three times, want %d and %d", n, hits, misses, n, n, 2*n)
 		}
 		if entries, _ := e.MemoUsage(); entries != n {
 			t.Fatalf("memo of %d holds %d", n, entries)
 		}
-		e.Decide(ctx, in(n)) // evicts in(0), the least recently used
-		e.Decide(ctx, in(0)) // a miss, which evicts in(1)
-		if hits, misses := e.MemoStats(); hits != uint64(n) || misses != uint64(n+2) {
-			t.Fatalf("memo of %d: %d hits, %d misses, want %d and %d", n, hits, misses, n, n+2)
+		e.Decide(ctx, in(n))
+		e.Decide(ctx, in(n)) // remembered: evicts in(0), the least recently used
+		e.Decide(ctx, in(0)) // a miss, remembered at once since it was decided before: evicts in(1)
+		if hits, misses := e.MemoStats(); hits != uint64(n) || misses != uint64(2*n+3) {
+			t.Fatalf("memo of %d: %d hits, %d misses, want %d and %d", n, hits, misses, n, 2*n+3)
 		}
 		if entries, _ := e.MemoUsage(); entries != n {
 			t.Fatalf("memo of %d holds %d", n, entries)
@@ -256,6 +258,7 @@ func TestMemoIsBoundedByBytes(t *testing.T) {
 	big := strings.Repeat("x", 300)
 	for i := range 100 {
 		e.Decide(ctx, who(fmt.Sprint(big, i), fmt.Sprint(big, i), nil))
+		e.Decide(ctx, who(fmt.Sprint(big, i), fmt.Sprint(big, i), nil)) // remembered the second time
 		if entries, bytes := e.MemoUsage(); bytes > bound || entries > 1000 {
 			t.Fatalf("after %d decisions the memo holds %d entries, %d bytes: over %d", i+1, entries, bytes, bound)
 		}
@@ -331,4 +334,41 @@ decision := {"allow": true} if {
 	checkMemoCase(t, memoCase{files: authz(`import input.subject as s
 
 decision := {"allow": true} if s.id == "admin@acme.example"`), inputs: []*pdp.Input{admin, mallory, admin}, wantAllow: []bool{true, false, true}, wantMemo: "on"})
+}
+
+// Traffic that never repeats leaves the memo empty: each of its decisions was built, inserted and
+// evicted unused before, so a memo of distinct decisions cost every request CPU and held up to
+// --decision-memo of them for the collector to scan. A decision that repeats is remembered the
+// second time it is decided, and answered from memory from the third; the doorkeeper recalls
+// twice the memo's entries, so a key that only repeats after more new keys than that are decided
+// is decided twice again.
+func TestMemoRemembersRepeatsOnly(t *testing.T) {
+	ctx := context.Background()
+	set := policySet(t, authz(`decision := {"allow": true, "reasons": [input.action.name]}`))
+	const n = 100
+	e := newEngine(t, set, pdp.WithMemo(n))
+	in := func(i int) *pdp.Input { return who("a", fmt.Sprint("tool", i), nil) }
+	for i := range 10 * n {
+		e.Decide(ctx, in(i))
+	}
+	if entries, bytes := e.MemoUsage(); entries != 0 || bytes != 0 {
+		t.Fatalf("after %d distinct decisions the memo holds %d entries, %d bytes; want none", 10*n, entries, bytes)
+	}
+	// in(10n-1) was decided last, within the doorkeeper's recall: remembered now, a hit next.
+	e.Decide(ctx, in(10*n-1))
+	if entries, _ := e.MemoUsage(); entries != 1 {
+		t.Fatalf("a decision decided twice: the memo holds %d entries, want 1", entries)
+	}
+	h0, _ := e.MemoStats()
+	if d := e.Decide(ctx, in(10*n-1)); !d.Allow {
+		t.Fatalf("decision %+v", d)
+	}
+	if h, _ := e.MemoStats(); h != h0+1 {
+		t.Fatalf("the third decision of a repeat was not answered from memory: hits %d, want %d", h, h0+1)
+	}
+	// in(0) was forgotten: 10n-1 new keys came after it, more than the 2n recalled.
+	e.Decide(ctx, in(0))
+	if entries, _ := e.MemoUsage(); entries != 1 {
+		t.Fatalf("a key the doorkeeper forgot was remembered on its first decision since: %d entries", entries)
+	}
 }
