@@ -296,6 +296,11 @@ func (p *prepared) decide(ctx context.Context, in *Input, e *Engine) Decision {
 			e.memoMisses.Add(1)
 		}
 	}
+	if value == nil && keyed {
+		// Keyed natively: the memo's analysis holds for this input, so the policy is given only
+		// what it reads (see observed).
+		value, _ = p.proj.observed(in)
+	}
 	if value == nil {
 		if err := convert(); err != nil {
 			return policyError(fmt.Errorf("pdp: convert input: %w", err))

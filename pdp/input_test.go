@@ -44,3 +44,27 @@ func TestInputASTMatchesValue(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkInputAST converts a call like the load harness's distinct traffic.
+func BenchmarkInputAST(b *testing.B) {
+	in := &Input{
+		Subject: Entity{Type: "user", ID: "user12@acme.example", Properties: map[string]any{
+			"roles": []any{"employee"}, "scopes": []any{"contacts.read", "files.read", "mail.send", "tickets.write", "web.search", "u-1"}}},
+		Action:   Action{Name: "create_ticket", Properties: map[string]any{"server": "filesystem", "arguments": map[string]any{"priority": "high", "title": "issue 0"}}},
+		Resource: Entity{Type: "tool", ID: "create_ticket", Properties: map[string]any{}},
+		Context:  map[string]any{"channel": "slack", "client_ip": "10.0.18.115"},
+		Agent:    &Agent{ID: "spiffe://acme.example/agents/researcher", Type: "agent", Properties: map[string]any{"deployment": "prod-1", "model": "gpt-x"}},
+		Delegation: Delegation{Chain: []any{
+			map[string]any{"type": "user", "id": "user12@acme.example"},
+			map[string]any{"type": "agent", "id": "spiffe://acme.example/agents/researcher"},
+		}},
+		Task:          &Task{ID: "t-1-00000", Attempt: 1, SessionID: "s-36", IntentSHA256: "3303dc3e295433e09e3f160d95c4bb19af81cff76412dc38979c8271f96d0dd6"},
+		CorrelationID: "load-1-00000",
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := in.AST(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -316,3 +316,83 @@ func encodeNative(buf []byte, v any) ([]byte, bool) {
 	}
 	return buf, false // float64 and others: their conversion's spelling is left to OPA
 }
+
+// observed builds the input as the policy set can observe it: the values at the projection's
+// value paths and the types at its type paths, in an input that holds nothing else. It is what
+// the memo already rests on turned to evaluation: a policy set with a memo decides exactly by the
+// projection (two inputs that agree there are decided alike), and observed agrees with in there,
+// so it is decided as in would be, at the cost of converting only what the policy reads (the
+// default policy never reads the arguments, the context, the task or the delegation chain). ok is
+// false when a path cannot be followed natively (a number step, an envelope object read whole, a
+// value the conversion refuses); the caller then converts the whole input.
+func (p projection) observed(in *Input) (ast.Value, bool) {
+	root := ast.NewObject()
+	for _, ip := range p {
+		if len(ip.path) == 0 { // type of input: root is an object
+			continue
+		}
+		v, found, ok := in.find(ip.path)
+		if !ok {
+			return nil, false
+		}
+		if !found {
+			continue
+		}
+		var leaf ast.Value // nil: an object whose members other paths give, if any
+		switch x := v.(type) {
+		case envelopeObject:
+			if !ip.typeOnly {
+				return nil, false
+			}
+		case map[string]any:
+			if !ip.typeOnly {
+				val, err := ast.InterfaceToValue(x)
+				if err != nil {
+					return nil, false
+				}
+				leaf = val
+			}
+		default:
+			val, err := ast.InterfaceToValue(x)
+			if err != nil {
+				return nil, false
+			}
+			leaf = val
+		}
+		if !insertAt(root, ip.path, leaf) {
+			return nil, false
+		}
+	}
+	return root, true
+}
+
+// insertAt puts leaf at path under obj, making the objects on the way; a nil leaf is an object,
+// kept if one is there already. It reports false where the path meets a value that is not an
+// object, which the projection's paths never ask for (minimal drops a path under a value path).
+func insertAt(obj ast.Object, path ast.Ref, leaf ast.Value) bool {
+	for i, t := range path {
+		last := i == len(path)-1
+		child := obj.Get(t)
+		switch {
+		case child == nil && last && leaf != nil:
+			obj.Insert(t, ast.NewTerm(leaf))
+			return true
+		case child == nil:
+			next := ast.NewObject()
+			obj.Insert(t, ast.NewTerm(next))
+			obj = next
+		case last && leaf == nil:
+			_, isObj := child.Value.(ast.Object)
+			return isObj
+		case last:
+			return false // two paths to one place: not from minimal
+		default:
+			next, isObj := child.Value.(ast.Object)
+			if !isObj {
+				return false
+			}
+			obj = next
+		}
+	}
+	return true
+}

@@ -162,6 +162,7 @@ func FuzzNativeKey(f *testing.F) {
 			return
 		}
 		checkNativeKey(t, p, &in)
+		checkObserved(t, p.minimal(), &in)
 	})
 }
 
@@ -178,5 +179,61 @@ func TestNativeKeyCoversDefaultPaths(t *testing.T) {
 	want := []string{"input.subject", "input.agent"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("paths left to the conversion (-want +got):\n%s", diff)
+	}
+}
+
+// checkObserved fails unless the input observed builds for p agrees with the whole converted
+// input at every path of p: what the memo's exactness says the policy can read. It reports
+// whether observed built one.
+func checkObserved(t testing.TB, p projection, in *Input) bool {
+	t.Helper()
+	got, ok := p.observed(in)
+	if !ok {
+		return false
+	}
+	whole, err := in.AST()
+	if err != nil {
+		t.Fatalf("observed built an input for one that does not convert (%v)", err)
+	}
+	for _, ip := range p {
+		one := projection{ip}
+		gk, gok := one.key(got)
+		wk, wok := one.key(whole)
+		if gok != wok || gk != wk {
+			t.Fatalf("%s: observed %q (ok %v), whole input %q (ok %v)\nobserved: %v", one.names()[0], gk, gok, wk, wok, got)
+		}
+	}
+	return true
+}
+
+// The input observed builds (only what the policy reads) agrees with the whole input on every
+// path the policy reads, for single paths, for random sets of them and for the default policy's,
+// over inputs of every shape.
+func TestObservedAgreesOnTheProjection(t *testing.T) {
+	wide := wideProjection(t)
+	r := rand.New(rand.NewPCG(9, 10))
+	built := 0
+	for i := range 2000 {
+		in := randomNativeInput(r)
+		if i%2 == 0 {
+			in.Caller = &Caller{Kind: CallerToken, ID: "alice"}
+			in.CorrelationID = "c"
+			in.Delegation.Verified = true
+		}
+		var p projection
+		for _, ip := range wide {
+			if r.IntN(6) == 0 {
+				p = append(p, ip)
+			}
+		}
+		if checkObserved(t, p.minimal(), in) {
+			built++
+		}
+		for _, ip := range wide[r.IntN(len(wide)):][:1] {
+			checkObserved(t, projection{ip}, in)
+		}
+	}
+	if built < 1000 {
+		t.Fatalf("observed built %d of 2000 inputs: the test is close to vacuous", built)
 	}
 }
