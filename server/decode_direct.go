@@ -19,7 +19,9 @@ import (
 // built every free-form map through reflection. Body must be valid UTF-8 (checked by the caller)
 // and v a pointer to a zero value. FuzzDirectDecode holds it to the old path on hostile input.
 func decodeDirect(body []byte, v any) bool {
-	d := directDecoder{fastScanner: fastScanner{b: body}}
+	d := directDecoders.Get().(*directDecoder)
+	d.fastScanner = fastScanner{b: body}
+	defer d.release()
 	d.space()
 	if p, ok := v.(*any); ok { // AuthZEN bodies: a plain value
 		if *p != nil {
@@ -206,6 +208,27 @@ func plainTagName(s string) bool {
 type directDecoder struct {
 	fastScanner
 	keys []string // the members of the free-form objects being read, innermost last
+	vals []any    // the elements of the arrays being read, innermost last
+}
+
+// directDecoders keeps the decoders' scratch (keys, vals) from one body to the next, so that
+// an array costs one allocation of its own size and the bookkeeping none. Scratch is cleared
+// before it goes back: a pooled decoder keeps no value of a past body alive.
+var directDecoders = sync.Pool{New: func() any { return new(directDecoder) }}
+
+// maxPooledScratch bounds the scratch a pooled decoder keeps (one hostile body with a huge
+// array must not pin its size).
+const maxPooledScratch = 1024
+
+func (d *directDecoder) release() {
+	clear(d.keys[:cap(d.keys)])
+	clear(d.vals[:cap(d.vals)])
+	d.keys, d.vals = d.keys[:0], d.vals[:0]
+	if cap(d.keys) > maxPooledScratch || cap(d.vals) > maxPooledScratch {
+		return
+	}
+	d.fastScanner = fastScanner{}
+	directDecoders.Put(d)
 }
 
 func (d *directDecoder) end() bool {
@@ -491,22 +514,26 @@ func (d *directDecoder) freeObject(depth int) (map[string]any, bool) {
 func (d *directDecoder) freeArray(depth int) (any, bool) {
 	d.i++
 	d.space()
-	a := []any{}
 	if d.i < len(d.b) && d.b[d.i] == ']' {
 		d.i++
-		return a, true
+		return []any{}, true
 	}
+	base := len(d.vals)
 	for {
 		val, ok := d.free(depth + 1)
 		if !ok {
 			return nil, false
 		}
-		a = append(a, val)
+		d.vals = append(d.vals, val)
 		more, ok := d.next(']')
 		if !ok {
 			return nil, false
 		}
 		if !more {
+			a := make([]any, len(d.vals)-base)
+			copy(a, d.vals[base:])
+			clear(d.vals[base:]) // the scratch must not keep values alive
+			d.vals = d.vals[:base]
 			return a, true
 		}
 	}
