@@ -54,7 +54,6 @@ type directProbe struct {
 	Num     json.Number       `json:"num"`  // no plan
 	When    *time.Time        `json:"when"` // no plan: an unmarshaler
 	List    []string          `json:"list"` // no plan
-	Quoted  int64             `json:"q,string"`
 	Strs    map[string]string `json:"strs"` // no plan
 	hidden  string
 }
@@ -65,6 +64,12 @@ type probeName string
 type directEmbedded struct {
 	entityBody
 	Extra string `json:"extra"`
+}
+
+// directQuoted has a ",string" field, whose struct the direct path leaves alone.
+type directQuoted struct {
+	Quoted int64  `json:"q,string"`
+	Extra  string `json:"extra"`
 }
 
 func TestDirectDecode(t *testing.T) {
@@ -171,5 +176,33 @@ func FuzzDirectDecode(f *testing.F) {
 		directAgrees[unsealRequest](t, body)
 		directAgrees[directProbe](t, body)
 		directAgrees[directEmbedded](t, body)
+		directAgrees[directQuoted](t, body)
 	})
+}
+
+// TestDirectProbeTakesTheDirectPath: the probe types reach the direct path (or, for those with
+// rules it leaves alone, never do), so that the fuzz target tests both.
+func TestDirectProbeTakesTheDirectPath(t *testing.T) {
+	tests := []struct {
+		name   string
+		decode func([]byte) bool
+		body   string
+		direct bool
+	}{
+		{"probe", func(b []byte) bool { var v directProbe; return decodeDirect(b, &v) }, `{"id":"a","small":127,"big":-9223372036854775808,"flag":true,"pp":"x","named":"n","any":{"a":[1]},"map":{"b":null},"nested":{"ID":"b","nested":null},"Plain":"p"}`, true},
+		{"probe, both fold-alike names", func(b []byte) bool { var v directProbe; return decodeDirect(b, &v) }, `{"id":"a","ID":"b"}`, false},
+		{"probe, int8 overflow", func(b []byte) bool { var v directProbe; return decodeDirect(b, &v) }, `{"small":128}`, false},
+		{"probe, unplanned field", func(b []byte) bool { var v directProbe; return decodeDirect(b, &v) }, `{"when":"2024-01-01T00:00:00Z"}`, false},
+		{"embedded", func(b []byte) bool { var v directEmbedded; return decodeDirect(b, &v) }, `{"extra":"e"}`, false},
+		{"quoted", func(b []byte) bool { var v directQuoted; return decodeDirect(b, &v) }, `{"extra":"e"}`, false},
+		{"unseal", func(b []byte) bool { var v unsealRequest; return decodeDirect(b, &v) }, `{"decision_id":"d","reason":"r"}`, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.decode([]byte(tt.body)); got != tt.direct {
+				t.Errorf("direct path taken: %v, want %v", got, tt.direct)
+			}
+			directAgrees[directProbe](t, []byte(tt.body))
+		})
+	}
 }

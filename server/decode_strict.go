@@ -330,11 +330,14 @@ func (w *walker) object(sh *shape) (any, *apiError) {
 func (w *walker) unknown(sh *shape, key string) *apiError {
 	field := w.at(key)
 	msg := field + ": unknown field"
-	for name := range sh.fields {
-		if strings.EqualFold(name, key) {
-			msg += fmt.Sprintf(" (names are case-exact: %q)", name)
-			break
+	hint := ""
+	for name := range sh.fields { // the least such name: map order must not change the message
+		if strings.EqualFold(name, key) && (hint == "" || name < hint) {
+			hint = name
 		}
+	}
+	if hint != "" {
+		msg += fmt.Sprintf(" (names are case-exact: %q)", hint)
 	}
 	return w.fail(CodeUnknownField, field, truncate(msg, 512))
 }
