@@ -36,10 +36,22 @@ import (
 const MaxNestingDepth = 64
 
 // decodeJSON decodes one JSON value from body into v under the strict rules above, keeping
-// numbers exact (json.Number). A *any receives the walked value itself; anything else is then
-// decoded by encoding/json, which after the walk cannot read the body another way. Errors name
-// the field at fault.
+// numbers exact (json.Number). Errors name the field at fault. Most bodies are checked and
+// decoded in one pass (decodeDirect); the others take decodeJSONSlow, the reference.
 func decodeJSON(body []byte, v any) *apiError {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return errorf(CodeInvalidJSON, "request body is empty; want a JSON object")
+	}
+	if utf8.Valid(body) && decodeDirect(body, v) {
+		return nil
+	}
+	return decodeJSONSlow(body, v)
+}
+
+// decodeJSONSlow is decodeJSON without the direct path: a *any receives the walked value
+// itself; anything else is then decoded by encoding/json, which after the walk cannot read the
+// body another way.
+func decodeJSONSlow(body []byte, v any) *apiError {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return errorf(CodeInvalidJSON, "request body is empty; want a JSON object")
 	}
@@ -318,11 +330,14 @@ func (w *walker) object(sh *shape) (any, *apiError) {
 func (w *walker) unknown(sh *shape, key string) *apiError {
 	field := w.at(key)
 	msg := field + ": unknown field"
-	for name := range sh.fields {
-		if strings.EqualFold(name, key) {
-			msg += fmt.Sprintf(" (names are case-exact: %q)", name)
-			break
+	hint := ""
+	for name := range sh.fields { // the least such name: map order must not change the message
+		if strings.EqualFold(name, key) && (hint == "" || name < hint) {
+			hint = name
 		}
+	}
+	if hint != "" {
+		msg += fmt.Sprintf(" (names are case-exact: %q)", hint)
 	}
 	return w.fail(CodeUnknownField, field, truncate(msg, 512))
 }
