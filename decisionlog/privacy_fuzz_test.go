@@ -1,6 +1,9 @@
 package decisionlog
 
 import (
+	"bytes"
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -23,6 +26,45 @@ func FuzzMasking(f *testing.F) {
 			if m["x"].([]any)[0] != Masked {
 				t.Fatalf("masked value %q escaped inside a list", value)
 			}
+		}
+	})
+}
+
+// FuzzMaskMapShared holds MaskMapShared to MaskMap on any JSON object: the same value, spelled
+// alike, the input untouched, and the input handed back only when MaskMap would mask nothing.
+func FuzzMaskMapShared(f *testing.F) {
+	f.Add([]byte(`{"to":"bob","n":1.5,"l":["a",{"b":[]}],"o":{}}`))
+	f.Add([]byte(`{"a":[{"b":{"Set-Cookie":"x"}}],"api_key":"k"}`))
+	f.Add([]byte(`{"note":"Bearer 0a1b2c3d4e5f6a7b","x":[["eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.s"]]}`))
+	f.Add([]byte(`{"q":"<b>&amp;</b>","k\"ey":"v\u2028","userPIN":null}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		parse := func() map[string]any {
+			d := json.NewDecoder(bytes.NewReader(body))
+			d.UseNumber()
+			var m map[string]any
+			if d.Decode(&m) != nil {
+				return nil
+			}
+			return m
+		}
+		in := parse()
+		if in == nil {
+			return
+		}
+		want := MaskMap(in)
+		got := MaskMapShared(in)
+		wb, werr := json.Marshal(want)
+		gb, gerr := json.Marshal(got)
+		if (werr == nil) != (gerr == nil) || !bytes.Equal(wb, gb) {
+			t.Fatalf("encodings differ:\nMaskMap %s (%v)\nshared  %s (%v)", wb, werr, gb, gerr)
+		}
+		ib, _ := json.Marshal(in)
+		fb, _ := json.Marshal(parse())
+		if !bytes.Equal(ib, fb) {
+			t.Fatalf("MaskMapShared modified its input: %s, was %s", ib, fb)
+		}
+		if reflect.ValueOf(got).UnsafePointer() == reflect.ValueOf(in).UnsafePointer() && !bytes.Equal(wb, ib) {
+			t.Fatalf("MaskMapShared returned its input %s, which MaskMap masks to %s", ib, wb)
 		}
 	})
 }

@@ -44,12 +44,14 @@ type requestMeta struct {
 
 func (s *Server) authorize(c echo.Context) error {
 	var ar *authorizeRequest
+	var call *agentcall.Call
 	x, aerr := s.begin(c, EndpointAuthorize, func(body []byte) (decoded, *apiError) {
 		var err *apiError
 		if ar, err = decodeAuthorize(body); err != nil {
 			return decoded{}, err
 		}
-		return decoded{correlationID: ar.CorrelationID, claimed: nativeCall(ar)}, nil
+		call = nativeCall(ar) // mapped once: the claim of a refused caller, else the call decided
+		return decoded{correlationID: ar.CorrelationID, claimed: call}, nil
 	})
 	if aerr != nil {
 		return aerr
@@ -58,7 +60,7 @@ func (s *Server) authorize(c echo.Context) error {
 	if aerr != nil {
 		return aerr
 	}
-	o := x.decideCall(nativeCall(ar), ar.User != nil)
+	o := x.decideCall(call, ar.User != nil)
 	if err := o.answerError(); err != nil {
 		return err
 	}
@@ -143,7 +145,10 @@ func (s *Server) decide(c echo.Context, endpoint string, in *pdp.Input, m reques
 
 // baseRecord is the record of a request before its outcome, with a fresh decision ID. It holds
 // masked copies of free-form properties: the policy sees secrets the caller sent, the stream never
-// does.
+// does. A map with nothing to mask is shared rather than copied (decisionlog.MaskMapShared): the
+// input is decoded for this request alone (or, for a token's claims, built once and only read),
+// and neither the policy, nor applyIdentity (which replaces maps, never writes to them), nor the
+// record's readers write to it.
 func (s *Server) baseRecord(endpoint string, in *pdp.Input, m requestMeta) *decisionlog.Record {
 	rec := &decisionlog.Record{
 		Schema:        decisionlog.SchemaDecisionV1,
@@ -155,7 +160,7 @@ func (s *Server) baseRecord(endpoint string, in *pdp.Input, m requestMeta) *deci
 		SpanID:        m.trace.SpanID,
 		Endpoint:      endpoint,
 		Subject:       maskEntity(in.Subject),
-		Action:        pdp.Action{Name: in.Action.Name, Properties: decisionlog.MaskMap(in.Action.Properties)},
+		Action:        pdp.Action{Name: in.Action.Name, Properties: decisionlog.MaskMapShared(in.Action.Properties)},
 		Resource:      maskEntity(in.Resource),
 		Delegation:    in.Delegation,
 		Task:          in.Task,
@@ -163,7 +168,7 @@ func (s *Server) baseRecord(endpoint string, in *pdp.Input, m requestMeta) *deci
 		PDP:           s.instance,
 	}
 	if in.Agent != nil {
-		rec.Agent = &pdp.Agent{ID: in.Agent.ID, Type: in.Agent.Type, Properties: decisionlog.MaskMap(in.Agent.Properties)}
+		rec.Agent = &pdp.Agent{ID: in.Agent.ID, Type: in.Agent.Type, Properties: decisionlog.MaskMapShared(in.Agent.Properties)}
 	}
 	return rec
 }
@@ -204,7 +209,7 @@ func recordIDs(e *zerolog.Event, rec *decisionlog.Record) *zerolog.Event {
 }
 
 func maskEntity(e pdp.Entity) pdp.Entity {
-	return pdp.Entity{Type: e.Type, ID: e.ID, Properties: decisionlog.MaskMap(e.Properties)}
+	return pdp.Entity{Type: e.Type, ID: e.ID, Properties: decisionlog.MaskMapShared(e.Properties)}
 }
 
 func orEmpty(m map[string]any) map[string]any {
