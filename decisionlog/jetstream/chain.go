@@ -226,11 +226,7 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 }
 
 func (s *Sink) chainedMsg(r *decisionlog.Record, body []byte) *nats.Msg {
-	msg := s.decisionMsg(r, body)
-	msg.Header.Set(HeaderInstance, r.PDP.Instance)
-	msg.Header.Set(HeaderSeq, strconv.FormatUint(r.Seq, 10))
-	msg.Header.Set(HeaderHash, r.Hash)
-	return msg
+	return recordMsg(r, body, true)
 }
 
 // advanceLocked moves the confirmed head over the acked records at the front of the window,
