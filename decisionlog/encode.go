@@ -26,6 +26,31 @@ func marshalRecord(r *Record) ([]byte, error) {
 	return e.buf, nil
 }
 
+// AppendJSON appends v to dst as json.Marshal(v) spells it, byte for byte, HTML characters
+// escaped as encoding/json escapes them: the free-form values of a record (strings, booleans,
+// json.Number, ints, []any, []string, map[string]any) without reflection, anything else through
+// encoding/json, as marshalRecord does. On an error dst's new bytes are not a value. The server
+// spells its hot answers with it.
+func AppendJSON(dst []byte, v any) ([]byte, error) {
+	e := recordEncoder{buf: dst}
+	e.value(v)
+	return e.buf, e.err
+}
+
+// AppendJSONString is AppendJSON for a string, which cannot fail.
+func AppendJSONString(dst []byte, s string) []byte {
+	e := recordEncoder{buf: dst}
+	e.str(s)
+	return e.buf
+}
+
+// AppendJSONStrings is AppendJSON for a list of strings (nil is null), which cannot fail.
+func AppendJSONStrings(dst []byte, ss []string) []byte {
+	e := recordEncoder{buf: dst}
+	e.strings(ss)
+	return e.buf
+}
+
 type recordEncoder struct {
 	buf []byte
 	err error

@@ -227,12 +227,28 @@ func (s *Server) executions(c echo.Context) error {
 		err.Message = "the execution report could not be recorded on the decision stream; retry later"
 		return err
 	}
-	return c.JSON(http.StatusOK, executionResponse{
+	resp := &executionResponse{
 		ExecutionID:   rec.ExecutionID,
 		DecisionID:    rec.DecisionID,
 		CorrelationID: rec.CorrelationID,
 		Violation:     rec.Execution.Violation,
-	})
+	}
+	return s.answerJSON(c, http.StatusOK, resp, resp.appendJSON)
+}
+
+// appendJSON appends r as encoding/json spells it: see answerJSON.
+func (r *executionResponse) appendJSON(b []byte) ([]byte, error) {
+	b = append(b, `{"execution_id":`...)
+	b = decisionlog.AppendJSONString(b, r.ExecutionID)
+	b = append(b, `,"decision_id":`...)
+	b = decisionlog.AppendJSONString(b, r.DecisionID)
+	b = append(b, `,"correlation_id":`...)
+	b = decisionlog.AppendJSONString(b, r.CorrelationID)
+	if r.Violation != "" {
+		b = append(b, `,"violation":`...)
+		b = decisionlog.AppendJSONString(b, r.Violation)
+	}
+	return append(b, '}'), nil
 }
 
 // executionRecord builds the custody.execution.v1 record of a report, linked to dec (nil when
