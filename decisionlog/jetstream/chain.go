@@ -120,10 +120,10 @@ type inflight struct {
 	subject, msgID, decisionID string
 	body                       []byte // as published: the Merkle leaf
 	after                      decisionlog.ChainHead
-	generation uint64
-	done       chan struct{} // closed once err is set
-	err        error
-	stored     bool // set by a repair that found the record on the stream (guarded by chainMu)
+	generation                 uint64
+	done                       chan struct{} // closed once err is set
+	err                        error
+	stored                     bool // set by a repair that found the record on the stream (guarded by chainMu)
 }
 
 // Head returns the chain's current head: its last record that JetStream acked with every one
