@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -120,12 +121,27 @@ func (s *Server) answerJSON(c echo.Context, code int, v any, appendJSON func([]b
 	if s.echoJSON || c.Echo().Debug || (c.Request().URL.RawQuery != "" && c.QueryParams().Has("pretty")) {
 		return c.JSON(code, v)
 	}
-	b, err := appendJSON(make([]byte, 0, 2048)) // room for an answer with its receipt
+	buf := answerBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*buf) <= maxPooledAnswer {
+			answerBufs.Put(buf)
+		}
+	}()
+	b, err := appendJSON((*buf)[:0])
 	if err != nil {
 		return c.JSON(code, v)
 	}
-	return c.Blob(code, echo.MIMEApplicationJSON, append(b, '\n'))
+	*buf = append(b, '\n')
+	// The response writer does not keep what it is given (io.Writer), so the buffer is free
+	// again once Blob returns.
+	return c.Blob(code, echo.MIMEApplicationJSON, *buf)
 }
+
+// answerBufs holds the buffers answers are encoded in; an answer with its receipt is ~1.5 KiB.
+var answerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// maxPooledAnswer bounds the buffers kept for reuse: a rare large answer is not kept.
+const maxPooledAnswer = 64 << 10
 
 // meta settles the request's IDs. The correlation ID comes from the body, else X-Correlation-ID,
 // else the traceparent trace ID, else is minted; it is echoed in X-Correlation-ID.
