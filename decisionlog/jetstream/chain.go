@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -179,7 +180,7 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 		s.chainMu.Unlock()
 		return err
 	}
-	opts := []jetstream.PublishOpt{jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(decisionlog.StreamName)}
+	opts := []jetstream.PublishOpt{jetstream.WithMsgID(r.MsgID()), expectStream}
 	if len(c.window) > 0 && c.soleWriter() {
 		opts = append(opts, jetstream.WithExpectLastMsgID(c.lastSent))
 	}
@@ -194,14 +195,14 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 	c.next, c.lastSent = e.after, r.MsgID()
 	s.chainMu.Unlock()
 
-	timer := time.NewTimer(s.timeout)
+	timer := ackTimer(s.timeout)
 	select {
 	case <-fut.Ok():
 	case e.err = <-fut.Err():
 	case <-timer.C:
 		e.err = errors.New("no ack within the publish timeout")
 	}
-	timer.Stop()
+	releaseAckTimer(timer)
 	close(e.done) // before taking chainMu: a repair holding it may be waiting for this
 
 	s.chainMu.Lock()
@@ -226,6 +227,29 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 	release()
 	_ = s.settleCheckpoint(ctx, cp) // this record is stored; a failed checkpoint is retried
 	return nil
+}
+
+// expectStream is the publish option every record carries, made once.
+var expectStream = jetstream.WithExpectStream(decisionlog.StreamName)
+
+// ackTimers holds stopped timers for the wait on a record's ack: one was made for every record.
+// Since Go 1.23 a stopped or reset timer delivers no stale tick, so a reused timer is as good
+// as a new one.
+var ackTimers sync.Pool
+
+// ackTimer is a timer that fires after d.
+func ackTimer(d time.Duration) *time.Timer {
+	if t, ok := ackTimers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+// releaseAckTimer stops t and keeps it for reuse.
+func releaseAckTimer(t *time.Timer) {
+	t.Stop()
+	ackTimers.Put(t)
 }
 
 func (s *Sink) chainedMsg(r *decisionlog.Record, body []byte) *nats.Msg {

@@ -3,6 +3,7 @@ package jetstream
 import (
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
@@ -99,5 +100,22 @@ func TestRecordMsgAllocations(t *testing.T) {
 	body := []byte(`{}`)
 	if n := testing.AllocsPerRun(100, func() { _ = recordMsg(r, body, true) }); n > 6 {
 		t.Errorf("%v allocations for a chained record's message, want at most 6", n)
+	}
+}
+
+// TestAckTimerReuseHasNoStaleTick: a timer that fired unread before it was given back does not
+// fire at once when reused: a stale tick would fail a record's wait for its ack at once.
+func TestAckTimerReuseHasNoStaleTick(t *testing.T) {
+	first := ackTimer(time.Millisecond)
+	time.Sleep(20 * time.Millisecond) // fired, never read
+	releaseAckTimer(first)
+	for range 3 {
+		tm := ackTimer(time.Hour)
+		select {
+		case <-tm.C:
+			t.Fatal("a reused timer fired at once")
+		case <-time.After(30 * time.Millisecond):
+		}
+		releaseAckTimer(tm)
 	}
 }
