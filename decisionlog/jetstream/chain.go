@@ -233,8 +233,8 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 var expectStream = jetstream.WithExpectStream(decisionlog.StreamName)
 
 // ackTimers holds stopped timers for the wait on a record's ack: one was made for every record.
-// Since Go 1.23 a stopped or reset timer delivers no stale tick, so a reused timer is as good
-// as a new one.
+// A stopped timer delivers no stale tick (since Go 1.23; releaseAckTimer drains the channel for
+// GODEBUG=asynctimerchan=1), so a reused timer is as good as a new one.
 var ackTimers sync.Pool
 
 // ackTimer is a timer that fires after d.
@@ -248,7 +248,12 @@ func ackTimer(d time.Duration) *time.Timer {
 
 // releaseAckTimer stops t and keeps it for reuse.
 func releaseAckTimer(t *time.Timer) {
-	t.Stop()
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
 	ackTimers.Put(t)
 }
 
