@@ -71,8 +71,11 @@ func SensitiveKey(key string) bool {
 	sensitive := false
 	forEachKeyWord(key, func(w string) {
 		if !sensitive {
+			ascii := isASCII(w)
 			for _, sw := range sensitiveKeyWords {
-				if strings.EqualFold(w, sw) {
+				// An ASCII word of another length cannot fold to sw; a non-ASCII one can
+				// ("dſn" is "dsn").
+				if (!ascii || len(w) == len(sw)) && strings.EqualFold(w, sw) {
 					sensitive = true
 					break
 				}
@@ -85,13 +88,34 @@ func SensitiveKey(key string) bool {
 	if sensitive {
 		return true
 	}
-	k := string(joined) // one small allocation, only for keys that reach here
-	for _, p := range sensitiveKeyParts {
-		if strings.Contains(k, p) {
-			return true
+	// strings.Contains(joined, p) for every part, found as a part starting at some byte of
+	// joined: only the parts that begin with that byte are tried (26 searches of every key were
+	// most of masking's CPU).
+	for i := range joined {
+		for _, p := range sensitivePartsByFirst[joined[i]] {
+			if len(joined)-i >= len(p) && string(joined[i:i+len(p)]) == p {
+				return true
+			}
 		}
 	}
 	return false
+}
+
+// sensitivePartsByFirst is sensitiveKeyParts by their first byte.
+var sensitivePartsByFirst = func() (t [256][]string) {
+	for _, p := range sensitiveKeyParts {
+		t[p[0]] = append(t[p[0]], p)
+	}
+	return t
+}()
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // forEachKeyWord calls f with each word of key, a substring of it: words are separated by any

@@ -15,8 +15,14 @@ func FuzzMasking(f *testing.F) {
 	f.Add("pinned", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.")
 	f.Add("userPIN", "sk-proj-4Kp9xQ2mZ7vL1nR8tY3wB6cJ")
 	f.Add("\xff\xfeAUTH", "-----BEGIN PRIVATE KEY-----")
+	f.Add("dſn", "")
+	f.Add("x_DSN.creds", "")
+	f.Add("myPassWordHint", "")
+	f.Add(strings.Repeat("a", 120)+"tokenization", "")
 	f.Fuzz(func(t *testing.T, key, value string) {
-		_ = SensitiveKey(key)
+		if got, want := SensitiveKey(key), sensitiveKeyReference(key); got != want {
+			t.Fatalf("SensitiveKey(%q) = %v, the reference says %v", key, got, want)
+		}
 		got := MaskValue(value)
 		if got != value && got != Masked {
 			t.Fatalf("MaskValue(%q) = %q", value, got)
@@ -67,4 +73,30 @@ func FuzzMaskMapShared(f *testing.F) {
 			t.Fatalf("MaskMapShared returned its input %s, which MaskMap masks to %s", ib, wb)
 		}
 	})
+}
+
+// sensitiveKeyReference is SensitiveKey as it was before its searches were narrowed: every
+// word folded against every sensitive word, every part searched for in the joined key.
+func sensitiveKeyReference(key string) bool {
+	var joined []byte
+	sensitive := false
+	forEachKeyWord(key, func(w string) {
+		for _, sw := range sensitiveKeyWords {
+			if strings.EqualFold(w, sw) {
+				sensitive = true
+			}
+		}
+		for i := 0; i < len(w) && len(joined) < maxKeyBytes; i++ {
+			joined = append(joined, lowerASCII(w[i]))
+		}
+	})
+	if sensitive {
+		return true
+	}
+	for _, p := range sensitiveKeyParts {
+		if strings.Contains(string(joined), p) {
+			return true
+		}
+	}
+	return false
 }
