@@ -25,6 +25,9 @@ func FuzzToken(f *testing.F) {
 		if len(got) > MaxTokenLen {
 			t.Fatalf("Token(%q) is %d bytes, want at most %d", s, len(got), MaxTokenLen)
 		}
+		if s != "" && got != sanitizeToken(s) {
+			t.Fatalf("Token(%q) = %q, sanitizeToken %q", s, got, sanitizeToken(s))
+		}
 		if again := Token(s); again != got {
 			t.Fatalf("Token(%q) not deterministic: %q then %q", s, got, again)
 		}

@@ -67,17 +67,21 @@ func RestoreTree(size uint64, frontier [][]byte, root []byte) (*Tree, error) {
 // Append adds the sealed record r with body as the next leaf. A record whose seq is not the
 // next leaf breaks the tree (it stays broken: later checkpoints carry no root) and returns an
 // error wrapping ErrTreeGap; a record already in the tree is ignored.
-func (t *Tree) Append(r *Record, body []byte) error {
+func (t *Tree) Append(r *Record, body []byte) error { return t.AppendSeq(r.Seq, body) }
+
+// AppendSeq is Append for the record with seq whose published body is body: a sink that
+// keeps a record's seq and body, not the record, extends the tree with it.
+func (t *Tree) AppendSeq(seq uint64, body []byte) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.broken != "" {
 		return fmt.Errorf("decisionlog: tree: %w: %s", ErrTreeGap, t.broken)
 	}
 	switch size := t.r.End(); {
-	case r.Seq <= size:
+	case seq <= size:
 		return nil
-	case r.Seq != size+1:
-		t.broken = fmt.Sprintf("seq %d follows a tree of %d leaves", r.Seq, size)
+	case seq != size+1:
+		t.broken = fmt.Sprintf("seq %d follows a tree of %d leaves", seq, size)
 		return fmt.Errorf("decisionlog: tree: %w: %s", ErrTreeGap, t.broken)
 	}
 	leaf := LeafHash(body)

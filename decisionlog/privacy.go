@@ -4,13 +4,20 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"hash"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // IntentHasher turns a task's prompt text into a keyed hash, so that records can show two calls
 // served the same intent without anyone being able to read, or brute-force, the prompt.
-type IntentHasher struct{ key []byte }
+type IntentHasher struct {
+	key []byte
+	// macs holds keyed HMACs for reuse: keying one (hmac.New) was most of a Sum's allocations,
+	// and Reset brings a used one back to the keyed state.
+	macs sync.Pool
+}
 
 // NewIntentHasher returns a hasher keyed with key, which must be kept secret.
 func NewIntentHasher(key []byte) *IntentHasher {
@@ -22,9 +29,16 @@ func (h *IntentHasher) Sum(intent string) string {
 	if intent == "" {
 		return ""
 	}
-	m := hmac.New(sha256.New, h.key)
+	m, _ := h.macs.Get().(hash.Hash)
+	if m == nil {
+		m = hmac.New(sha256.New, h.key)
+	}
 	m.Write([]byte(intent))
-	return hex.EncodeToString(m.Sum(nil))
+	var sum [sha256.Size]byte
+	out := hex.EncodeToString(m.Sum(sum[:0]))
+	m.Reset()
+	h.macs.Put(m)
+	return out
 }
 
 // Masked replaces the value of a sensitive key in a record.
@@ -57,8 +71,11 @@ func SensitiveKey(key string) bool {
 	sensitive := false
 	forEachKeyWord(key, func(w string) {
 		if !sensitive {
+			ascii := isASCII(w)
 			for _, sw := range sensitiveKeyWords {
-				if strings.EqualFold(w, sw) {
+				// An ASCII word of another length cannot fold to sw; a non-ASCII one can
+				// ("dſn" is "dsn").
+				if (!ascii || len(w) == len(sw)) && strings.EqualFold(w, sw) {
 					sensitive = true
 					break
 				}
@@ -71,13 +88,34 @@ func SensitiveKey(key string) bool {
 	if sensitive {
 		return true
 	}
-	k := string(joined) // one small allocation, only for keys that reach here
-	for _, p := range sensitiveKeyParts {
-		if strings.Contains(k, p) {
-			return true
+	// strings.Contains(joined, p) for every part, found as a part starting at some byte of
+	// joined: only the parts that begin with that byte are tried (26 searches of every key were
+	// most of masking's CPU).
+	for i := range joined {
+		for _, p := range sensitivePartsByFirst[joined[i]] {
+			if len(joined)-i >= len(p) && string(joined[i:i+len(p)]) == p {
+				return true
+			}
 		}
 	}
 	return false
+}
+
+// sensitivePartsByFirst is sensitiveKeyParts by their first byte.
+var sensitivePartsByFirst = func() (t [256][]string) {
+	for _, p := range sensitiveKeyParts {
+		t[p[0]] = append(t[p[0]], p)
+	}
+	return t
+}()
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // forEachKeyWord calls f with each word of key, a substring of it: words are separated by any
@@ -215,6 +253,42 @@ func MaskValue(v any) any {
 	default:
 		return v
 	}
+}
+
+// MaskMapShared is MaskMap for a caller that never modifies m nor the result: when nothing in m
+// is masked it returns m itself, allocating nothing; otherwise it returns MaskMap(m). A record
+// built from a request's input uses it: the input is decoded for that request alone and nothing
+// writes to it after decoding, so the record can share what it would only have copied.
+// TestMaskMapSharedMatchesMaskMap and FuzzMaskMapShared hold it to MaskMap.
+func MaskMapShared(m map[string]any) map[string]any {
+	if m == nil || !needsMask(m) {
+		return m
+	}
+	return MaskMap(m)
+}
+
+// needsMask reports whether MaskValue(v) would mask anything in v.
+func needsMask(v any) bool {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			if SensitiveKey(k) || needsMask(e) {
+				return true
+			}
+		}
+	case []any:
+		if v == nil {
+			return true // MaskValue makes it [], not null: leave the spelling to it
+		}
+		for _, e := range v {
+			if needsMask(e) {
+				return true
+			}
+		}
+	case string:
+		return SecretValue(v)
+	}
+	return false
 }
 
 // MaskMap is MaskValue for an object; nil stays nil.

@@ -1,9 +1,15 @@
 package decisionlog
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -389,4 +395,92 @@ func BenchmarkMaskMap(b *testing.B) {
 	for b.Loop() {
 		_ = MaskMap(m)
 	}
+}
+
+// maskSharedCases are values MaskMapShared must spell as MaskMap does: clean ones (shared) and
+// ones with something to mask at every depth (copied).
+func maskSharedCases() map[string]map[string]any {
+	return map[string]map[string]any{
+		"nil":             nil,
+		"empty":           {},
+		"clean":           {"to": "bob@acme.example", "n": json.Number("1.5"), "ok": true, "none": nil, "list": []any{"a", map[string]any{"b": []any{}}}, "o": map[string]any{}},
+		"sensitive key":   {"to": "bob", "api_key": "k"},
+		"secret value":    {"note": "Bearer 0a1b2c3d4e5f6a7b"},
+		"deep key":        {"a": []any{map[string]any{"b": map[string]any{"Set-Cookie": "x"}}}},
+		"deep value":      {"a": []any{[]any{"eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.sig"}}},
+		"nested":          maskInput(),
+		"typed nil list":  {"a": []any(nil)},
+		"typed nil map":   {"a": map[string]any(nil)},
+		"other types":     {"s": []string{"Bearer 0a1b2c3d4e5f6a7b"}, "m": map[string]string{"token": "t"}},
+		"html and escape": {"q": "<b>&amp;</b>", "k\"ey": "v\u2028"},
+	}
+}
+
+// TestMaskMapSharedMatchesMaskMap: MaskMapShared gives what MaskMap gives, spelled alike; it
+// hands back its input only when nothing in it is masked, and never modifies it.
+func TestMaskMapSharedMatchesMaskMap(t *testing.T) {
+	for name, in := range maskSharedCases() {
+		t.Run(name, func(t *testing.T) {
+			want := MaskMap(in)
+			got := MaskMapShared(in)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Fatalf("MaskMapShared differs from MaskMap (-MaskMap +shared):\n%s", diff)
+			}
+			wb, werr := json.Marshal(want)
+			gb, gerr := json.Marshal(got)
+			if werr != nil || gerr != nil || string(wb) != string(gb) {
+				t.Fatalf("encodings differ:\nMaskMap %s (%v)\nshared  %s (%v)", wb, werr, gb, gerr)
+			}
+			shared := in != nil && reflect.ValueOf(got).UnsafePointer() == reflect.ValueOf(in).UnsafePointer()
+			clean := cmp.Equal(in, want)
+			if shared && !clean {
+				t.Fatal("MaskMapShared returned its input, which MaskMap masks")
+			}
+			if fresh := maskSharedCases()[name]; !cmp.Equal(fresh, in) {
+				t.Fatal("MaskMapShared modified its input")
+			}
+		})
+	}
+}
+
+// TestMaskMapSharedAllocatesNothingWhenClean: a record of a call with nothing secret in it costs
+// no copy of its properties (MaskMap made one, and re-boxed every string in it, on every decision).
+func TestMaskMapSharedAllocatesNothingWhenClean(t *testing.T) {
+	in := maskSharedCases()["clean"]
+	if n := testing.AllocsPerRun(100, func() { _ = MaskMapShared(in) }); n != 0 {
+		t.Errorf("MaskMapShared of a clean map: %v allocations, want 0", n)
+	}
+}
+
+func BenchmarkMaskMapShared(b *testing.B) {
+	m := map[string]any{"to": "bob@acme.example", "subject": "hello", "nested": map[string]any{"Accept": "text/plain", "path": "/tmp"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = MaskMapShared(m)
+	}
+}
+
+// TestIntentHasherReuse: a hasher whose HMACs are reused gives, call after call and from many
+// goroutines at once, the sum a freshly keyed HMAC gives.
+func TestIntentHasherReuse(t *testing.T) {
+	key := []byte("reuse-key")
+	h := NewIntentHasher(key)
+	fresh := func(s string) string {
+		m := hmac.New(sha256.New, key)
+		m.Write([]byte(s))
+		return hex.EncodeToString(m.Sum(nil))
+	}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 200 {
+				s := strings.Repeat(string(rune('a'+g)), i%70+1) + strconv.Itoa(i)
+				if got, want := h.Sum(s), fresh(s); got != want {
+					t.Errorf("Sum(%q) = %s, want %s", s, got, want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

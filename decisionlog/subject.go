@@ -32,6 +32,15 @@ func Token(s string) string {
 	if s == "" {
 		return "_"
 	}
+	if safeToken(s) {
+		return s // as sanitizeToken spells it, without copying it
+	}
+	return sanitizeToken(s)
+}
+
+// sanitizeToken is Token for a value that is not "": each rune outside the safe set becomes
+// "_", and a value over MaxTokenLen runes is shortened with a hash.
+func sanitizeToken(s string) string {
 	var b strings.Builder
 	b.Grow(min(len(s), MaxTokenLen))
 	n, truncated := 0, false
@@ -53,6 +62,19 @@ func Token(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	prefix := b.String()[:MaxTokenLen-hashedTokenSuffixLen]
 	return prefix + "_" + hex.EncodeToString(sum[:8])
+}
+
+// safeToken reports whether Token(s) is s: it is short enough, and every byte is safe.
+func safeToken(s string) bool {
+	if len(s) > MaxTokenLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 128 || !tokenSafe[c] {
+			return false
+		}
+	}
+	return true
 }
 
 var tokenSafe = func() (t [128]bool) {

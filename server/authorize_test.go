@@ -354,3 +354,43 @@ func TestAuthorizeOverJetStream(t *testing.T) {
 		t.Fatalf("Nats-Msg-Id %q, want decision_id %v", got, out["decision_id"])
 	}
 }
+
+// TestRecordMasksEveryPropertyMap: the record shares a property map only when nothing in it is
+// masked (decisionlog.MaskMapShared), so a secret at any depth of the subject's, the agent's,
+// the resource's properties or the arguments still reaches the stream masked, while the clean
+// maps beside them are recorded as sent.
+func TestRecordMasksEveryPropertyMap(t *testing.T) {
+	mem := &decisionlog.Memory{}
+	srv := newServer(t, mem)
+	body := `{
+	  "agent":    {"id": "spiffe://acme.example/agents/mailer", "properties": {"team": "mail", "deep": [{"session_token": "st-1"}]}},
+	  "user":     {"id": "alice@acme.example", "properties": {"roles": ["employee"], "scopes": ["mail.send"], "password": "pw-1"}},
+	  "tool":     {"name": "send_email", "server": "mail", "arguments": {"to": "bob@acme.example", "opts": {"headers": {"Authorization": "a-1"}}, "note": ["Bearer 0a1b2c3d4e5f6a7b8c9d"]}},
+	  "resource": {"type": "mailbox", "id": "alice", "properties": {"owner": "alice@acme.example", "cookie": "c-1"}},
+	  "context":  {}
+	}`
+	if r := do(t, srv.Handler(), http.MethodPost, "/v1/authorize", "application/json", body); r.Status != http.StatusOK {
+		t.Fatalf("status %d: %s", r.Status, r.Raw)
+	}
+	recs := mem.Records()
+	if len(recs) != 1 {
+		t.Fatalf("%d records, want 1", len(recs))
+	}
+	raw, err := json.Marshal(recs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"st-1", "pw-1", "a-1", "0a1b2c3d4e5f6a7b8c9d", "c-1"} {
+		if bytes.Contains(raw, []byte(secret)) {
+			t.Errorf("record holds %q: %s", secret, raw)
+		}
+	}
+	if n := bytes.Count(raw, []byte(`"`+decisionlog.Masked+`"`)); n != 5 {
+		t.Errorf("record masks %d values, want 5: %s", n, raw)
+	}
+	for _, kept := range []string{`"team":"mail"`, `"roles":["employee"]`, `"to":"bob@acme.example"`, `"owner":"alice@acme.example"`} {
+		if !bytes.Contains(raw, []byte(kept)) {
+			t.Errorf("record lost %s: %s", kept, raw)
+		}
+	}
+}

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -228,12 +227,28 @@ func (s *Server) executions(c echo.Context) error {
 		err.Message = "the execution report could not be recorded on the decision stream; retry later"
 		return err
 	}
-	return c.JSON(http.StatusOK, executionResponse{
+	resp := &executionResponse{
 		ExecutionID:   rec.ExecutionID,
 		DecisionID:    rec.DecisionID,
 		CorrelationID: rec.CorrelationID,
 		Violation:     rec.Execution.Violation,
-	})
+	}
+	return s.answerJSON(c, http.StatusOK, resp, resp.appendJSON)
+}
+
+// appendJSON appends r as encoding/json spells it: see answerJSON.
+func (r *executionResponse) appendJSON(b []byte) ([]byte, error) {
+	b = append(b, `{"execution_id":`...)
+	b = decisionlog.AppendJSONString(b, r.ExecutionID)
+	b = append(b, `,"decision_id":`...)
+	b = decisionlog.AppendJSONString(b, r.DecisionID)
+	b = append(b, `,"correlation_id":`...)
+	b = decisionlog.AppendJSONString(b, r.CorrelationID)
+	if r.Violation != "" {
+		b = append(b, `,"violation":`...)
+		b = decisionlog.AppendJSONString(b, r.Violation)
+	}
+	return append(b, '}'), nil
 }
 
 // executionRecord builds the custody.execution.v1 record of a report, linked to dec (nil when
@@ -316,36 +331,53 @@ func (s *Server) findDecision(ctx context.Context, decisionID, correlationID str
 	return s.lookup.Lookup(ctx, decisionID, correlationID)
 }
 
-// decisionCache is a bounded LRU of decision records, by decision ID.
+// decisionCache is a bounded LRU of decision records, by decision ID. The records are kept by
+// value in slots that are reused once the cache is full, linked most recent first: a put copies
+// the record into a slot and allocates nothing (a list element and a copy of the record on the
+// heap cost three allocations on every decision). get hands out copies, never a slot.
 type decisionCache struct {
 	mu    sync.Mutex
 	max   int
-	order *list.List // front is most recent; values are *decisionlog.Record
-	byID  map[string]*list.Element
+	slots []cacheSlot // grows to max, then reused
+	byID  map[string]int32
+	// head and tail are the most and the least recent slot, -1 when the cache is empty.
+	head, tail int32
+}
+
+// cacheSlot is one kept record and its neighbours in recency order (-1: none).
+type cacheSlot struct {
+	rec        decisionlog.Record
+	prev, next int32
 }
 
 func newDecisionCache(max int) *decisionCache {
-	return &decisionCache{max: max, order: list.New(), byID: map[string]*list.Element{}}
+	return &decisionCache{max: max, byID: map[string]int32{}, head: -1, tail: -1}
 }
 
 func (c *decisionCache) put(r *decisionlog.Record) {
 	if c == nil || c.max <= 0 || r.Schema != decisionlog.SchemaDecisionV1 {
 		return
 	}
-	kept := *r
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.byID[r.DecisionID]; ok {
-		e.Value = &kept
-		c.order.MoveToFront(e)
+	if i, ok := c.byID[r.DecisionID]; ok {
+		c.slots[i].rec = *r
+		c.unlink(i)
+		c.pushFront(i)
 		return
 	}
-	c.byID[r.DecisionID] = c.order.PushFront(&kept)
-	for c.order.Len() > c.max {
-		last := c.order.Back()
-		c.order.Remove(last)
-		delete(c.byID, last.Value.(*decisionlog.Record).DecisionID)
+	var i int32
+	if len(c.slots) < c.max {
+		c.slots = append(c.slots, cacheSlot{rec: *r})
+		i = int32(len(c.slots) - 1)
+	} else {
+		i = c.tail
+		c.unlink(i)
+		delete(c.byID, c.slots[i].rec.DecisionID)
+		c.slots[i].rec = *r
 	}
+	c.pushFront(i)
+	c.byID[r.DecisionID] = i
 }
 
 func (c *decisionCache) get(id string) *decisionlog.Record {
@@ -354,11 +386,40 @@ func (c *decisionCache) get(id string) *decisionlog.Record {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.byID[id]
+	i, ok := c.byID[id]
 	if !ok {
 		return nil
 	}
-	c.order.MoveToFront(e)
-	r := *e.Value.(*decisionlog.Record)
+	c.unlink(i)
+	c.pushFront(i)
+	r := c.slots[i].rec
 	return &r
+}
+
+// unlink takes slot i out of the recency order.
+func (c *decisionCache) unlink(i int32) {
+	s := &c.slots[i]
+	if s.prev >= 0 {
+		c.slots[s.prev].next = s.next
+	} else {
+		c.head = s.next
+	}
+	if s.next >= 0 {
+		c.slots[s.next].prev = s.prev
+	} else {
+		c.tail = s.prev
+	}
+	s.prev, s.next = -1, -1
+}
+
+// pushFront makes slot i, unlinked, the most recent.
+func (c *decisionCache) pushFront(i int32) {
+	s := &c.slots[i]
+	s.prev, s.next = -1, c.head
+	if c.head >= 0 {
+		c.slots[c.head].prev = i
+	} else {
+		c.tail = i
+	}
+	c.head = i
 }

@@ -83,6 +83,8 @@ type Server struct {
 	refusalRoom func() bool     // nil: always room (refusal.go)
 
 	echo *echo.Echo
+	// echoJSON makes answerJSON answer through echo's c.JSON: tests hold the encoders to it.
+	echoJSON bool
 }
 
 // Option configures a Server.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -114,13 +115,16 @@ func (c *chainState) soleWriter() bool { return c.cfg.Window > 1 }
 
 // inflight is a chained record sent to JetStream and not yet confirmed.
 type inflight struct {
-	rec        decisionlog.Record // as sealed: what a lost ack is checked against
-	body       []byte             // as published: the Merkle leaf
-	after      decisionlog.ChainHead
-	generation uint64
-	done       chan struct{} // closed once err is set
-	err        error
-	stored     bool // set by a repair that found the record on the stream (guarded by chainMu)
+	// subject, msgID and decisionID name the record as sealed (its seq is after.Seq): what a
+	// lost ack is checked against. The record itself is not kept: a copy of it cost an
+	// allocation on every record, and its caller may change it once Publish returns.
+	subject, msgID, decisionID string
+	body                       []byte // as published: the Merkle leaf
+	after                      decisionlog.ChainHead
+	generation                 uint64
+	done                       chan struct{} // closed once err is set
+	err                        error
+	stored                     bool // set by a repair that found the record on the stream (guarded by chainMu)
 }
 
 // Head returns the chain's current head: its last record that JetStream acked with every one
@@ -176,7 +180,7 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 		s.chainMu.Unlock()
 		return err
 	}
-	opts := []jetstream.PublishOpt{jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(decisionlog.StreamName)}
+	opts := []jetstream.PublishOpt{jetstream.WithMsgID(r.MsgID()), expectStream}
 	if len(c.window) > 0 && c.soleWriter() {
 		opts = append(opts, jetstream.WithExpectLastMsgID(c.lastSent))
 	}
@@ -186,19 +190,19 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 		s.logger.Error().Err(err).Str("decision_id", r.DecisionID).Msg("decision record not sent")
 		return fmt.Errorf("jetstream: publish record: %w: %w", decisionlog.ErrUnavailable, err)
 	}
-	e := &inflight{rec: *r, body: body, after: decisionlog.After(r), generation: c.generation, done: make(chan struct{})}
+	e := &inflight{subject: msg.Subject, msgID: r.MsgID(), decisionID: r.DecisionID, body: body, after: decisionlog.After(r), generation: c.generation, done: make(chan struct{})}
 	c.window = append(c.window, e)
 	c.next, c.lastSent = e.after, r.MsgID()
 	s.chainMu.Unlock()
 
-	timer := time.NewTimer(s.timeout)
+	timer := ackTimer(s.timeout)
 	select {
 	case <-fut.Ok():
 	case e.err = <-fut.Err():
 	case <-timer.C:
 		e.err = errors.New("no ack within the publish timeout")
 	}
-	timer.Stop()
+	releaseAckTimer(timer)
 	close(e.done) // before taking chainMu: a repair holding it may be waiting for this
 
 	s.chainMu.Lock()
@@ -225,12 +229,36 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 	return nil
 }
 
+// expectStream is the publish option every record carries, made once.
+var expectStream = jetstream.WithExpectStream(decisionlog.StreamName)
+
+// ackTimers holds stopped timers for the wait on a record's ack: one was made for every record.
+// A stopped timer delivers no stale tick (since Go 1.23; releaseAckTimer drains the channel for
+// GODEBUG=asynctimerchan=1), so a reused timer is as good as a new one.
+var ackTimers sync.Pool
+
+// ackTimer is a timer that fires after d.
+func ackTimer(d time.Duration) *time.Timer {
+	if t, ok := ackTimers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+// releaseAckTimer stops t and keeps it for reuse.
+func releaseAckTimer(t *time.Timer) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+	ackTimers.Put(t)
+}
+
 func (s *Sink) chainedMsg(r *decisionlog.Record, body []byte) *nats.Msg {
-	msg := s.decisionMsg(r, body)
-	msg.Header.Set(HeaderInstance, r.PDP.Instance)
-	msg.Header.Set(HeaderSeq, strconv.FormatUint(r.Seq, 10))
-	msg.Header.Set(HeaderHash, r.Hash)
-	return msg
+	return recordMsg(r, body, true)
 }
 
 // advanceLocked moves the confirmed head over the acked records at the front of the window,
@@ -245,7 +273,7 @@ func (s *Sink) advanceLocked() *pendingCheckpoint {
 		}
 		c.head = e.after
 		s.headSeq.Store(c.head.Seq)
-		s.extendTree(&e.rec, e.body)
+		s.extendTree(e.after.Seq, e.body)
 		n++
 	}
 	c.window = c.window[n:]
@@ -285,10 +313,10 @@ func (s *Sink) repairLocked(ctx context.Context) error {
 	for ; i < len(c.window) && c.window[i].err == nil; i++ {
 		head = c.window[i].after
 		c.window[i].stored = true
-		s.extendTree(&c.window[i].rec, c.window[i].body)
+		s.extendTree(c.window[i].after.Seq, c.window[i].body)
 	}
 	for ; i < len(c.window); i++ {
-		stored, err := s.storedLocked(ctx, &c.window[i].rec)
+		stored, err := s.storedLocked(ctx, c.window[i])
 		if err != nil {
 			c.head = head
 			s.headSeq.Store(head.Seq)
@@ -300,8 +328,8 @@ func (s *Sink) repairLocked(ctx context.Context) error {
 		}
 		head = c.window[i].after
 		c.window[i].stored = true
-		s.extendTree(&c.window[i].rec, c.window[i].body)
-		s.logger.Warn().Str("decision_id", c.window[i].rec.DecisionID).Uint64("seq", c.window[i].rec.Seq).Msg("record answered as unavailable was stored after all")
+		s.extendTree(c.window[i].after.Seq, c.window[i].body)
+		s.logger.Warn().Str("decision_id", c.window[i].decisionID).Uint64("seq", c.window[i].after.Seq).Msg("record answered as unavailable was stored after all")
 	}
 	c.head, c.next = head, head
 	s.headSeq.Store(head.Seq)
@@ -310,23 +338,23 @@ func (s *Sink) repairLocked(ctx context.Context) error {
 	return nil
 }
 
-// storedLocked reports whether the record u, whose publish failed, reached the stream, by
+// storedLocked reports whether the record of e, whose publish failed, reached the stream, by
 // reading the last message on its subject.
-func (s *Sink) storedLocked(ctx context.Context, u *decisionlog.Record) (bool, error) {
+func (s *Sink) storedLocked(ctx context.Context, e *inflight) (bool, error) {
 	c := s.chain
 	if c.cfg.Stream == nil {
 		return false, nil
 	}
 	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
-	m, err := c.cfg.Stream.GetLastMsgForSubject(gctx, decisionlog.RecordSubject(u))
+	m, err := c.cfg.Stream.GetLastMsgForSubject(gctx, e.subject)
 	switch {
 	case err == nil:
-		return m.Header.Get(decisionlog.HeaderMsgID) == u.MsgID() && m.Header.Get(HeaderSeq) == strconv.FormatUint(u.Seq, 10), nil
+		return m.Header.Get(decisionlog.HeaderMsgID) == e.msgID && m.Header.Get(HeaderSeq) == strconv.FormatUint(e.after.Seq, 10), nil
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return false, nil
 	default:
-		return false, fmt.Errorf("jetstream: settle record %s: %w: %w", u.DecisionID, decisionlog.ErrUnavailable, err)
+		return false, fmt.Errorf("jetstream: settle record %s: %w: %w", e.decisionID, decisionlog.ErrUnavailable, err)
 	}
 }
 
@@ -347,7 +375,7 @@ func (s *Sink) PublishSealed(ctx context.Context, r *decisionlog.Record, body []
 	}
 	s.noteOutcome(err)
 	if err == nil {
-		s.extendTree(r, body)
+		s.extendTree(r.Seq, body)
 	}
 	return err
 }
@@ -355,12 +383,12 @@ func (s *Sink) PublishSealed(ctx context.Context, r *decisionlog.Record, body []
 // extendTree adds an acked record to the Merkle tree. A record the tree cannot take (one was
 // passed over, as the spool does with a record JetStream refuses for good) is logged once;
 // checkpoints then sign the chain head only.
-func (s *Sink) extendTree(r *decisionlog.Record, body []byte) {
+func (s *Sink) extendTree(seq uint64, body []byte) {
 	if s.tree == nil {
 		return
 	}
-	if err := s.tree.Append(r, body); err != nil && s.treeBroken.CompareAndSwap(false, true) {
-		s.logger.Error().Err(err).Uint64("seq", r.Seq).Msg("Merkle tree stops here; checkpoints now sign the chain head only")
+	if err := s.tree.AppendSeq(seq, body); err != nil && s.treeBroken.CompareAndSwap(false, true) {
+		s.logger.Error().Err(err).Uint64("seq", seq).Msg("Merkle tree stops here; checkpoints now sign the chain head only")
 	}
 }
 
