@@ -87,6 +87,8 @@ type prepared struct {
 	// proj and memo remember decisions by the part of the input the policy reads; nil when off.
 	proj projection
 	memo *memo
+	// obs builds the input as the policy observes it (see observer); nil without a memo.
+	obs *observer
 }
 
 // Option configures an Engine.
@@ -176,7 +178,7 @@ func (e *Engine) Load(ctx context.Context, set PolicySet) error {
 		if err != nil {
 			p.info.Memo = "off: " + err.Error()
 		} else {
-			p.proj, p.memo = proj, newMemo(e.memoSize, e.memoBytes)
+			p.proj, p.memo, p.obs = proj, newMemo(e.memoSize, e.memoBytes), newObserver(proj)
 			p.info.Memo = "on"
 			p.info.InputPaths = proj.names()
 		}
@@ -280,9 +282,22 @@ func (p *prepared) decide(ctx context.Context, in *Input, e *Engine) Decision {
 		value, err = in.AST()
 		return err
 	}
+	var (
+		found  [32]pathValue // what the input holds at each path, for the observer
+		vals   []pathValue
+		native bool
+	)
+	if p.obs != nil {
+		if len(p.proj) <= len(found) {
+			vals = found[:len(p.proj)]
+		} else {
+			vals = make([]pathValue, len(p.proj))
+		}
+	}
 	if p.memo != nil {
 		// The key from the Go input when it can be, so that a hit converts nothing.
-		if key, keyed = p.proj.nativeKey(in); !keyed {
+		key, keyed = p.proj.nativeKeyInto(in, vals)
+		if native = keyed; !keyed {
 			if err := convert(); err != nil {
 				return policyError(fmt.Errorf("pdp: convert input: %w", err))
 			}
@@ -296,10 +311,10 @@ func (p *prepared) decide(ctx context.Context, in *Input, e *Engine) Decision {
 			e.memoMisses.Add(1)
 		}
 	}
-	if value == nil && keyed {
+	if native && p.obs != nil {
 		// Keyed natively: the memo's analysis holds for this input, so the policy is given only
-		// what it reads (see observed).
-		value, _ = p.proj.observed(in)
+		// what it reads (see observer).
+		value, _ = p.obs.build(vals)
 	}
 	if value == nil {
 		if err := convert(); err != nil {

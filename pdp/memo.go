@@ -56,6 +56,7 @@ var typeTests = map[string]bool{
 type inputPath struct {
 	path     ast.Ref // the terms after `input`: strings and numbers
 	typeOnly bool
+	keys     []string // path as strings, when every step is one; nil otherwise
 }
 
 // projection is every place a policy set reads its input.
@@ -85,7 +86,11 @@ func analyzeInputUse(c *ast.Compiler, query string) (projection, error) {
 	for _, k := range slices.Sorted(maps.Keys(a.paths)) {
 		out = append(out, a.paths[k])
 	}
-	return out.minimal(), nil
+	out = out.minimal()
+	for i := range out {
+		out[i].keys, _ = stringKeys(out[i].path)
+	}
+	return out, nil
 }
 
 // inputUse gathers the input paths of a policy set, scope by scope, and the first reason it

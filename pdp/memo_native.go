@@ -21,17 +21,38 @@ import (
 // nativeKey is projection.key(in.AST()) without the conversion, or ok false. It is false too
 // when in.AST() would fail, so that such an input is still refused as before rather than
 // answered from the memo.
-func (p projection) nativeKey(in *Input) (string, bool) {
+func (p projection) nativeKey(in *Input) (string, bool) { return p.nativeKeyInto(in, nil) }
+
+// pathValue is what an input holds at one path of a projection: v, when found.
+type pathValue struct {
+	v     any
+	found bool
+}
+
+// nativeKeyInto is nativeKey that also stores, when vals is not nil, what in holds at each of
+// p's paths into vals (len(p) of them), for an observer to build the observed input from.
+func (p projection) nativeKeyInto(in *Input, vals []pathValue) (string, bool) {
 	if !in.convertible() {
 		return "", false
 	}
 	buf := make([]byte, 0, 256)
-	for _, ip := range p {
+	for i, ip := range p {
 		if len(ip.path) == 0 && ip.typeOnly { // is_object(input): the input is always one
 			buf = append(buf, "Tobject\x00"...)
 			continue
 		}
-		v, found, ok := in.find(ip.path)
+		var (
+			v         any
+			found, ok bool
+		)
+		if ip.keys != nil {
+			v, found, ok = in.findKeys(ip.keys)
+		} else {
+			v, found, ok = in.find(ip.path)
+		}
+		if vals != nil {
+			vals[i] = pathValue{v: v, found: found}
+		}
 		switch {
 		case !ok:
 			return "", false
@@ -99,14 +120,28 @@ func convertibleValue(v any) bool {
 // false for a path it cannot follow exactly like OPA (a non-string step, a value of a kind it
 // does not know).
 func (in *Input) find(path ast.Ref) (v any, found, ok bool) {
-	keys := make([]string, len(path))
+	keys, ok := stringKeys(path)
+	if !ok {
+		return nil, false, false
+	}
+	return in.findKeys(keys)
+}
+
+// stringKeys is path's steps as strings; ok is false for a step that is not one (input.a[0]).
+func stringKeys(path ast.Ref) (keys []string, ok bool) {
+	keys = make([]string, len(path))
 	for i, t := range path {
 		s, isStr := t.Value.(ast.String)
 		if !isStr {
-			return nil, false, false
+			return nil, false
 		}
 		keys[i] = string(s)
 	}
+	return keys, true
+}
+
+// findKeys is find for a path already in strings.
+func (in *Input) findKeys(keys []string) (v any, found, ok bool) {
 	if len(keys) == 0 {
 		return nil, false, false // the whole input: the analysis never keys on it
 	}
@@ -317,82 +352,124 @@ func encodeNative(buf []byte, v any) ([]byte, bool) {
 	return buf, false // float64 and others: their conversion's spelling is left to OPA
 }
 
-// observed builds the input as the policy set can observe it: the values at the projection's
+// An observer builds the input as the policy set can observe it: the values at the projection's
 // value paths and the types at its type paths, in an input that holds nothing else. It is what
 // the memo already rests on turned to evaluation: a policy set with a memo decides exactly by the
-// projection (two inputs that agree there are decided alike), and observed agrees with in there,
-// so it is decided as in would be, at the cost of converting only what the policy reads (the
-// default policy never reads the arguments, the context, the task or the delegation chain). ok is
-// false when a path cannot be followed natively (a number step, an envelope object read whole, a
-// value the conversion refuses); the caller then converts the whole input.
-func (p projection) observed(in *Input) (ast.Value, bool) {
-	root := ast.NewObject()
-	for _, ip := range p {
-		if len(ip.path) == 0 { // type of input: root is an object
+// projection (two inputs that agree there are decided alike), and the observed input agrees with
+// the whole one there, so it is decided alike, at the cost of converting only what the policy
+// reads (the default policy never reads the arguments, the context, the task or the delegation
+// chain). It is the projection's paths as a tree, built once per policy set; each decision then
+// builds one object per node from the values nativeKeyInto found, with no second lookup.
+type observer struct {
+	root obsNode
+}
+
+// obsNode is one member of the observed input: the path to it is a projection path (idx >= 0)
+// or leads to one (an object made for its members).
+type obsNode struct {
+	key      *ast.Term
+	idx      int // the projection path that ends here, or -1
+	typeOnly bool
+	children []*obsNode
+}
+
+// newObserver returns the observer of p, a minimal projection; nil when a path has a step that
+// is not a string, which the native lookup cannot follow.
+func newObserver(p projection) *observer {
+	o := &observer{root: obsNode{idx: -1}}
+	for i, ip := range p {
+		if len(ip.path) == 0 { // type of input: the root is an object
 			continue
 		}
-		v, found, ok := in.find(ip.path)
+		keys, ok := stringKeys(ip.path)
 		if !ok {
-			return nil, false
+			return nil
 		}
-		if !found {
-			continue
+		n := &o.root
+		for _, k := range keys {
+			var next *obsNode
+			for _, c := range n.children {
+				if string(c.key.Value.(ast.String)) == k {
+					next = c
+					break
+				}
+			}
+			if next == nil {
+				next = &obsNode{key: ast.InternedTerm(k), idx: -1}
+				n.children = append(n.children, next)
+			}
+			n = next
 		}
-		var leaf ast.Value // nil: an object whose members other paths give, if any
-		switch x := v.(type) {
-		case envelopeObject:
-			if !ip.typeOnly {
+		if n.idx >= 0 { // two paths to one place: not a minimal projection
+			return nil
+		}
+		n.idx, n.typeOnly = i, ip.typeOnly
+	}
+	return o
+}
+
+// build is the observed input from vals, what nativeKeyInto found at each path. ok is false
+// when a value at a path cannot be given natively (an envelope object read whole, a value the
+// conversion refuses); the caller then converts the whole input.
+func (o *observer) build(vals []pathValue) (ast.Value, bool) {
+	obj, ok := o.root.object(vals)
+	if !ok {
+		return nil, false
+	}
+	if obj == nil {
+		return ast.NewObject(), true
+	}
+	return obj, true
+}
+
+// value is the member n stands for, or nil when the input has nothing there.
+func (n *obsNode) value(vals []pathValue) (ast.Value, bool) {
+	if n.idx >= 0 {
+		pv := vals[n.idx]
+		if !pv.found {
+			return nil, true // nothing here, so nothing under it either
+		}
+		switch x := pv.v.(type) {
+		case envelopeObject: // an object of the envelope: its type, and members below
+			if !n.typeOnly {
 				return nil, false
 			}
 		case map[string]any:
-			if !ip.typeOnly {
-				val, err := ast.InterfaceToValue(x)
-				if err != nil {
-					return nil, false
-				}
-				leaf = val
+			if !n.typeOnly {
+				v, err := ast.InterfaceToValue(x)
+				return v, err == nil
 			}
-		default:
-			val, err := ast.InterfaceToValue(x)
-			if err != nil {
-				return nil, false
-			}
-			leaf = val
+		default: // a value read, or the type of one that has no members to read
+			v, err := ast.InterfaceToValue(x)
+			return v, err == nil
 		}
-		if !insertAt(root, ip.path, leaf) {
-			return nil, false
+		obj, ok := n.object(vals) // an object whose type is read: it is there
+		if obj == nil {
+			obj = ast.NewObject()
 		}
+		return obj, ok
 	}
-	return root, true
+	obj, ok := n.object(vals)
+	if obj == nil {
+		return nil, ok
+	}
+	return obj, ok
 }
 
-// insertAt puts leaf at path under obj, making the objects on the way; a nil leaf is an object,
-// kept if one is there already. It reports false where the path meets a value that is not an
-// object, which the projection's paths never ask for (minimal drops a path under a value path).
-func insertAt(obj ast.Object, path ast.Ref, leaf ast.Value) bool {
-	for i, t := range path {
-		last := i == len(path)-1
-		child := obj.Get(t)
-		switch {
-		case child == nil && last && leaf != nil:
-			obj.Insert(t, ast.NewTerm(leaf))
-			return true
-		case child == nil:
-			next := ast.NewObject()
-			obj.Insert(t, ast.NewTerm(next))
-			obj = next
-		case last && leaf == nil:
-			_, isObj := child.Value.(ast.Object)
-			return isObj
-		case last:
-			return false // two paths to one place: not from minimal
-		default:
-			next, isObj := child.Value.(ast.Object)
-			if !isObj {
-				return false
-			}
-			obj = next
+// object is the object of n's children that the input has; nil when it has none of them.
+func (n *obsNode) object(vals []pathValue) (ast.Object, bool) {
+	items := make([][2]*ast.Term, 0, len(n.children))
+	for _, c := range n.children {
+		v, ok := c.value(vals)
+		if !ok {
+			return nil, false
+		}
+		if v != nil {
+			items = append(items, ast.Item(c.key, ast.NewTerm(v)))
 		}
 	}
-	return true
+	if len(items) == 0 {
+		return nil, true
+	}
+	return ast.NewObject(items...), true
 }

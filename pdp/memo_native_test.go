@@ -187,7 +187,15 @@ func TestNativeKeyCoversDefaultPaths(t *testing.T) {
 // whether observed built one.
 func checkObserved(t testing.TB, p projection, in *Input) bool {
 	t.Helper()
-	got, ok := p.observed(in)
+	o := newObserver(p)
+	if o == nil {
+		return false
+	}
+	vals := make([]pathValue, len(p))
+	if _, ok := p.nativeKeyInto(in, vals); !ok {
+		return false
+	}
+	got, ok := o.build(vals)
 	if !ok {
 		return false
 	}
