@@ -329,7 +329,7 @@ func (p *prepared) decide(ctx context.Context, in *Input, e *Engine) Decision {
 }
 
 func (p *prepared) eval(ctx context.Context, value ast.Value) Decision {
-	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(value))
+	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(value), rego.EvalMetrics(metrics.NoOp()))
 	if err != nil {
 		return policyError(fmt.Errorf("pdp: evaluate %s: %w", p.info.Query, err))
 	}
