@@ -85,7 +85,7 @@ func readBody(r *http.Request, limit int64) ([]byte, *apiError) {
 	if r.ContentLength > limit {
 		return nil, tooLarge
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	body, err := readAllSized(io.LimitReader(r.Body, limit+1), r.ContentLength)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -97,6 +97,28 @@ func readBody(r *http.Request, limit int64) ([]byte, *apiError) {
 		return nil, tooLarge
 	}
 	return body, nil
+}
+
+// readAllSized is io.ReadAll starting from a buffer of the declared length (and one byte to see
+// the end in), so a body that says how long it is takes one allocation instead of ReadAll's
+// growing ones. The declared length is only a hint: a body longer or shorter is read whole. The
+// hint is capped at 16 KiB, so that a declared length alone, before any byte of the body
+// arrives, cannot make the server hold more than that for a connection.
+func readAllSized(r io.Reader, declared int64) ([]byte, error) {
+	b := make([]byte, 0, max(0, min(declared, 16<<10))+1)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // grow as append does
+		}
+	}
 }
 
 func jsonError(err error) *apiError {
