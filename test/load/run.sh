@@ -93,6 +93,7 @@ rss_summary() {
 }
 
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; } # field name json-line
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # pid: user + system CPU, in clock ticks
 
 : >"$OUT"
 FAILED=0
@@ -162,11 +163,22 @@ load() {
 	case $1 in opa*) bodies=$TMP/bodies/$3-opa.jsonl ;; *) bodies=$TMP/bodies/$3-custody.jsonl ;; esac
 	[[ $3 == distinct ]] && extra=(-unique "@@UNIQUE@@")
 	[[ $1 == custody* && $1 != custody-nomemo ]] && before=$(memo_counts)
+	local pid t0 t1 n cpu
+	case $1 in opa*) pid=$OPA_PID ;; custody-nomemo) pid=$NOMEMO_PID ;; *) pid=$CUSTODY_PID ;; esac
+	t0=$(cpu_ticks "$pid")
 	line=$("$TMP/loadgen" -name "$1" -shape "$3" -url "$2" -bodies "$bodies" "${extra[@]}" -c "$4" -d "$5" -warmup "$WARMUP" -json) || {
 		FAILED=1
 		log "FAILED REQUESTS in $1 $3 c=$4 (see above)"
 	}
 	[[ -n $line ]] || die "loadgen $1 gave no result"
+	# The server's CPU per request over the whole run, warm-up included: what it costs to answer,
+	# whatever the load generator on the same cores got of them.
+	t1=$(cpu_ticks "$pid")
+	n=$(($(field total_2xx "$line") + $(field total_failed "$line")))
+	if ((n > 0)); then
+		cpu=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+		line="${line%\}},\"server_cpu_us_per_req\":$cpu}"
+	fi
 	echo "$line" >>"$OUT"
 	if [[ $1 == custody-nomemo ]]; then
 		NOMEMO_ANSWERED=$((NOMEMO_ANSWERED + $(field total_2xx "$line")))

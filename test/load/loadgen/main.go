@@ -182,6 +182,9 @@ type loadResult struct {
 	TotalFail  int64  `json:"total_failed"`
 	Dials      int64  `json:"dials"` // connections opened; more than conns means reconnects
 	FirstError string `json:"first_error,omitempty"`
+	// The server's CPU time (user and system, from /proc) per request over the whole run,
+	// warm-up included; run.sh adds it, since loadgen does not know the server's process.
+	ServerCPU float64 `json:"server_cpu_us_per_req,omitempty"`
 }
 
 // counts are one worker's tallies.
@@ -495,6 +498,8 @@ func runReport(args []string) error {
 	type agg struct {
 		n                     int
 		rps, p50, p99, errors float64
+		cpuN                  int
+		cpu                   float64
 	}
 	sums := map[key]*agg{}
 	var keys []key
@@ -515,6 +520,10 @@ func runReport(args []string) error {
 		a.p50 += r.P50
 		a.p99 += r.P99
 		a.errors += float64(r.Errors + r.Non2xx)
+		if r.ServerCPU > 0 {
+			a.cpuN++
+			a.cpu += r.ServerCPU
+		}
 	}
 	slices.SortStableFunc(keys, func(a, b key) int {
 		if c := strings.Compare(a.shape, b.shape); c != 0 {
@@ -522,16 +531,22 @@ func runReport(args []string) error {
 		}
 		return a.conns - b.conns
 	})
-	fmt.Printf("%-10s %-14s %6s %7s %10s %9s %9s %8s %10s %10s\n", "shape", "server", "conns", "rounds", "req/s", "p50 ms", "p99 ms", "failed", "rps/"+*base, "p99/"+*base)
+	fmt.Printf("%-10s %-14s %6s %7s %10s %9s %9s %8s %10s %10s %11s %10s\n", "shape", "server", "conns", "rounds", "req/s", "p50 ms", "p99 ms", "failed", "rps/"+*base, "p99/"+*base, "cpu us/req", "cpu/"+*base)
 	for _, k := range keys {
 		a := sums[k]
 		n := float64(a.n)
-		rRPS, rP99 := "", ""
+		rRPS, rP99, cpu, rCPU := "", "", "", ""
+		if a.cpuN > 0 {
+			cpu = fmt.Sprintf("%.0f", a.cpu/float64(a.cpuN))
+		}
 		if b := sums[key{k.shape, *base, k.conns}]; b != nil && k.name != *base && (*vs == "" || slices.Contains(strings.Split(*vs, ","), k.name)) {
 			rRPS = fmt.Sprintf("%.2f", (a.rps/n)/(b.rps/float64(b.n)))
 			rP99 = fmt.Sprintf("%.2f", (a.p99/n)/(b.p99/float64(b.n)))
+			if a.cpuN > 0 && b.cpuN > 0 {
+				rCPU = fmt.Sprintf("%.2f", (a.cpu/float64(a.cpuN))/(b.cpu/float64(b.cpuN)))
+			}
 		}
-		fmt.Printf("%-10s %-14s %6d %7d %10.0f %9.2f %9.2f %8.0f %10s %10s\n", k.shape, k.name, k.conns, a.n, a.rps/n, a.p50/n, a.p99/n, a.errors, rRPS, rP99)
+		fmt.Printf("%-10s %-14s %6d %7d %10.0f %9.2f %9.2f %8.0f %10s %10s %11s %10s\n", k.shape, k.name, k.conns, a.n, a.rps/n, a.p50/n, a.p99/n, a.errors, rRPS, rP99, cpu, rCPU)
 	}
 	return nil
 }
