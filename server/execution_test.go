@@ -15,7 +15,6 @@ import (
 
 	"github.com/custodyhq/custody/decisionlog"
 	"github.com/custodyhq/custody/identity"
-	"github.com/custodyhq/custody/receipt"
 	"github.com/custodyhq/custody/server"
 )
 
@@ -27,14 +26,7 @@ func (f fakeLookup) Lookup(_ context.Context, id, _ string) (*decisionlog.Record
 }
 
 func TestExecutions(t *testing.T) {
-	key, err := receipt.LoadOrCreateKey(t.TempDir() + "/receipt.key")
-	if err != nil {
-		t.Fatal(err)
-	}
-	iss, err := receipt.NewIssuer(key, "test", 5*time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	iss := testIssuer(t)
 	other := &decisionlog.Record{Schema: decisionlog.SchemaDecisionV1, DecisionID: "elsewhere", CorrelationID: "c-other", Allow: true, Timestamp: fixedNow}
 	pub := &decisionlog.Memory{}
 	s := server.New(engine(t), pub, decisionlog.NewIntentHasher(testKey),
@@ -125,14 +117,7 @@ func TestExecutions(t *testing.T) {
 
 // BenchmarkAuthorizeReceipt is the in-memory cost of an allow with and without its receipt.
 func BenchmarkAuthorizeReceipt(b *testing.B) {
-	key, err := receipt.LoadOrCreateKey(b.TempDir() + "/receipt.key")
-	if err != nil {
-		b.Fatal(err)
-	}
-	iss, err := receipt.NewIssuer(key, "bench", 5*time.Minute)
-	if err != nil {
-		b.Fatal(err)
-	}
+	iss := testIssuer(b)
 	for _, tc := range []struct {
 		name string
 		opts []server.Option
@@ -188,14 +173,7 @@ func jsonRequest(path, body string) *http.Request {
 // move a late execution into the decision's window. Once any caller could report on anyone's
 // decision, and a report claiming finished_at inside the window hid a late execution.
 func TestExecutionReportsAreBound(t *testing.T) {
-	key, err := receipt.LoadOrCreateKey(t.TempDir() + "/receipt.key")
-	if err != nil {
-		t.Fatal(err)
-	}
-	iss, err := receipt.NewIssuer(key, "test", 5*time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	iss := testIssuer(t)
 	var keyLines []string
 	creds := map[string]string{}
 	for _, name := range []string{"gateway", "intruder"} {

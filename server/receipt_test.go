@@ -20,17 +20,24 @@ import (
 	"github.com/custodyhq/custody/server"
 )
 
-// receiptServer is a server that signs receipts, at the fixed test clock.
-func receiptServer(t *testing.T, opts ...server.Option) (*server.Server, *decisionlog.Memory) {
-	t.Helper()
-	key, err := receipt.LoadOrCreateKey(t.TempDir() + "/receipt.key")
+// testIssuer signs receipts with a fresh key, as issuer "test", valid for 5 minutes.
+func testIssuer(tb testing.TB) *receipt.Issuer {
+	tb.Helper()
+	key, err := receipt.LoadOrCreateKey(tb.TempDir() + "/receipt.key")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	iss, err := receipt.NewIssuer(key, "test", 5*time.Minute)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
+	return iss
+}
+
+// receiptServer is a server that signs receipts, at the fixed test clock.
+func receiptServer(t *testing.T, opts ...server.Option) (*server.Server, *decisionlog.Memory) {
+	t.Helper()
+	iss := testIssuer(t)
 	pub := &decisionlog.Memory{}
 	opts = append([]server.Option{
 		server.WithIDFunc(sequentialIDs()),
