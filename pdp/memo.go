@@ -415,7 +415,9 @@ func newMemo(entries int, bytes int64) *memo {
 		entries:    make(map[string]*list.Element, min(entries, 1024)),
 		maxEntries: entries,
 		maxBytes:   bytes,
-		door:       newDoorkeeper(entries),
+		// No more keys than the memo could hold by either bound: a large --decision-memo under
+		// the default byte bound must not size the doorkeeper by the entry bound alone.
+		door: newDoorkeeper(int(min(int64(entries), bytes/entryOverhead))),
 	}
 }
 

@@ -245,3 +245,16 @@ func TestObservedAgreesOnTheProjection(t *testing.T) {
 		t.Fatalf("observed built %d of 2000 inputs: the test is close to vacuous", built)
 	}
 }
+
+// The doorkeeper recalls no more keys than the memo could hold by either of its bounds: sized by
+// --decision-memo alone, a memo of 1,000,000 entries under the default 16 MiB held 2,000,000
+// hashes (about 50 MB) for a memo that fits about 100,000 decisions.
+func TestDoorkeeperIsBoundedByBytes(t *testing.T) {
+	m := newMemo(1_000_000, 16<<20)
+	if got, limit := cap(m.door.ring), 2*(16<<20)/entryOverhead; got > limit {
+		t.Fatalf("doorkeeper recalls %d keys, want at most %d", got, limit)
+	}
+	if got := cap(newMemo(100, 16<<20).door.ring); got != 200 {
+		t.Fatalf("doorkeeper of a memo of 100 recalls %d keys, want 200", got)
+	}
+}
