@@ -382,24 +382,6 @@ func (d *directDecoder) colon() bool {
 	return true
 }
 
-// next reads what follows a member or an element: ',' (more) or closer (done).
-func (d *directDecoder) next(closer byte) (more, ok bool) {
-	d.space()
-	if d.i >= len(d.b) {
-		return false, false
-	}
-	switch d.b[d.i] {
-	case ',':
-		d.i++
-		d.space()
-		return true, true
-	case closer:
-		d.i++
-		return false, true
-	}
-	return false, false
-}
-
 // key reads a member name without escapes (a name with one is left to the walker, which
 // compares decoded names, as fastStrict does) and returns its bytes.
 func (d *directDecoder) key() ([]byte, bool) {

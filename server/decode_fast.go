@@ -131,19 +131,8 @@ func (s *fastScanner) object(sh *shape, depth int) bool {
 		if !s.value(member, depth+1) {
 			return false
 		}
-		s.space()
-		if s.i >= len(s.b) {
-			return false
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-			s.space()
-		case '}':
-			s.i++
-			return true
-		default:
-			return false
+		if more, ok := s.next('}'); !ok || !more {
+			return ok
 		}
 	}
 }
@@ -164,21 +153,28 @@ func (s *fastScanner) array(sh *shape, depth int) bool {
 		if !s.value(elem, depth+1) {
 			return false
 		}
-		s.space()
-		if s.i >= len(s.b) {
-			return false
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-			s.space()
-		case ']':
-			s.i++
-			return true
-		default:
-			return false
+		if more, ok := s.next(']'); !ok || !more {
+			return ok
 		}
 	}
+}
+
+// next reads what follows a member or an element: ',' (more) or closer (done).
+func (s *fastScanner) next(closer byte) (more, ok bool) {
+	s.space()
+	if s.i >= len(s.b) {
+		return false, false
+	}
+	switch s.b[s.i] {
+	case ',':
+		s.i++
+		s.space()
+		return true, true
+	case closer:
+		s.i++
+		return false, true
+	}
+	return false, false
 }
 
 // str scans a string; s.b[s.i] is '"'. A key (asKey) with an escape is left to the walker, which
