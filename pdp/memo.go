@@ -59,6 +59,12 @@ type inputPath struct {
 	keys     []string // path as strings, when every step is one; nil otherwise
 }
 
+// newInputPath is the read of path, or of its type only.
+func newInputPath(path ast.Ref, typeOnly bool) inputPath {
+	keys, _ := stringKeys(path)
+	return inputPath{path: path, typeOnly: typeOnly, keys: keys}
+}
+
 // projection is every place a policy set reads its input.
 type projection []inputPath
 
@@ -86,11 +92,7 @@ func analyzeInputUse(c *ast.Compiler, query string) (projection, error) {
 	for _, k := range slices.Sorted(maps.Keys(a.paths)) {
 		out = append(out, a.paths[k])
 	}
-	out = out.minimal()
-	for i := range out {
-		out[i].keys, _ = stringKeys(out[i].path)
-	}
-	return out, nil
+	return out.minimal(), nil
 }
 
 // inputUse gathers the input paths of a policy set, scope by scope, and the first reason it
@@ -181,13 +183,13 @@ func (a *inputUse) scope(node any, where string) {
 		}
 		p, _ := inputPrefix(t)
 		if typeOnly[t] {
-			a.add(inputPath{path: p, typeOnly: true})
+			a.add(newInputPath(p, true))
 			return true
 		}
 		if len(p) == 0 {
 			a.fail("%s reads the whole input", orWhere(t.Location, where))
 		}
-		a.add(inputPath{path: p})
+		a.add(newInputPath(p, false))
 		// The reference's head is the input variable, accounted for; a computed key
 		// (input.a[input.b]) may read more of the input.
 		if r, ok := t.Value.(ast.Ref); ok {

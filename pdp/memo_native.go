@@ -41,15 +41,7 @@ func (p projection) nativeKeyInto(in *Input, vals []pathValue) (string, bool) {
 			buf = append(buf, "Tobject\x00"...)
 			continue
 		}
-		var (
-			v         any
-			found, ok bool
-		)
-		if ip.keys != nil {
-			v, found, ok = in.findKeys(ip.keys)
-		} else {
-			v, found, ok = in.find(ip.path)
-		}
+		v, found, ok := in.find(ip.keys)
 		if vals != nil {
 			vals[i] = pathValue{v: v, found: found}
 		}
@@ -116,17 +108,6 @@ func convertibleValue(v any) bool {
 	return false // converted by a JSON round trip, which may fail: leave it to AST
 }
 
-// find is in.AST().Find(path) on the Go input: the value there and whether there is one. ok is
-// false for a path it cannot follow exactly like OPA (a non-string step, a value of a kind it
-// does not know).
-func (in *Input) find(path ast.Ref) (v any, found, ok bool) {
-	keys, ok := stringKeys(path)
-	if !ok {
-		return nil, false, false
-	}
-	return in.findKeys(keys)
-}
-
 // stringKeys is path's steps as strings; ok is false for a step that is not one (input.a[0]).
 func stringKeys(path ast.Ref) (keys []string, ok bool) {
 	keys = make([]string, len(path))
@@ -140,10 +121,12 @@ func stringKeys(path ast.Ref) (keys []string, ok bool) {
 	return keys, true
 }
 
-// findKeys is find for a path already in strings.
-func (in *Input) findKeys(keys []string) (v any, found, ok bool) {
+// find is in.AST().Find(path) on the Go input, for a path given as its keys (an inputPath's): the
+// value there and whether there is one. ok is false for a path it cannot follow exactly like
+// OPA: a non-string step (nil keys), a value of a kind it does not know.
+func (in *Input) find(keys []string) (v any, found, ok bool) {
 	if len(keys) == 0 {
-		return nil, false, false // the whole input: the analysis never keys on it
+		return nil, false, false // nil keys, or the whole input: the analysis never keys on it
 	}
 	rest := keys[1:]
 	switch keys[0] {
@@ -381,12 +364,11 @@ func newObserver(p projection) *observer {
 		if len(ip.path) == 0 { // type of input: the root is an object
 			continue
 		}
-		keys, ok := stringKeys(ip.path)
-		if !ok {
+		if ip.keys == nil {
 			return nil
 		}
 		n := &o.root
-		for _, k := range keys {
+		for _, k := range ip.keys {
 			var next *obsNode
 			for _, c := range n.children {
 				if string(c.key.Value.(ast.String)) == k {
@@ -450,10 +432,7 @@ func (n *obsNode) value(vals []pathValue) (ast.Value, bool) {
 		return obj, ok
 	}
 	obj, ok := n.object(vals)
-	if obj == nil {
-		return nil, ok
-	}
-	return obj, ok
+	return obj, ok // a nil object is no value
 }
 
 // object is the object of n's children that the input has; nil when it has none of them.

@@ -28,9 +28,9 @@ func wideProjection(t testing.TB) projection {
 		"subject", "agent", // whole envelope objects: their type natively, their value converted
 	} {
 		ref := ast.MustParseRef("input." + s)[1:]
-		p = append(p, inputPath{path: ref}, inputPath{path: ref, typeOnly: true})
+		p = append(p, newInputPath(ref, false), newInputPath(ref, true))
 	}
-	p = append(p, inputPath{typeOnly: true}) // is_object(input)
+	p = append(p, newInputPath(nil, true)) // is_object(input)
 	return p
 }
 
