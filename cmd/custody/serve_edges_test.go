@@ -1,14 +1,10 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"net"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/custodyhq/custody/internal/natstest"
 )
 
 // TestServeNATSPortInUse: a clash on the NATS port fails serve at once as "address already in
@@ -32,26 +28,8 @@ func TestServeNATSPortInUse(t *testing.T) {
 // TestServeCleanStopIsQuiet: stopping serve closes its own NATS connection, which is no
 // disconnection to warn about.
 func TestServeCleanStopIsQuiet(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	done := make(chan error, 1)
-	var stderr syncBuffer
-	go func() {
-		done <- runServe(ctx, []string{"--data-dir", t.TempDir(), "--addr", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0"}, nil, &stderr)
-	}()
-	natstest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
-		select {
-		case err := <-done:
-			t.Fatalf("serve returned before serving: %v\n%s", err, stderr.String())
-		default:
-		}
-		if !strings.Contains(stderr.String(), `"message":"custody serving"`) {
-			return errors.New("not serving yet")
-		}
-		return nil
-	})
-	cancel()
-	if err := <-done; err != nil {
+	stop, stderr := serveUntilServing(t, "--data-dir", t.TempDir(), "--addr", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0")
+	if err := stop(); err != nil {
 		t.Fatalf("serve: %v", err)
 	}
 	time.Sleep(200 * time.Millisecond) // nats.go calls its disconnect handler asynchronously

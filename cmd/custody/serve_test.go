@@ -213,13 +213,29 @@ func TestServeValidate(t *testing.T) {
 // nil once its context ends: the data dir it was told to use holds what the App writes there.
 func TestServeRunsTheApp(t *testing.T) {
 	dir := t.TempDir()
+	stop, stderr := serveUntilServing(t, "--data-dir", dir, "--addr", "127.0.0.1:0", "--nats-listen", "none", "--log-level", "info")
+	if err := stop(); err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	for _, f := range []string{"instance.id", "intent.key", "checkpoint.key", "receipt.key", "LOCK"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("data dir: %v", err)
+		}
+	}
+	if !strings.Contains(stderr.String(), `"message":"stopped"`) {
+		t.Errorf("no stopped line:\n%s", stderr.String())
+	}
+}
+
+// serveUntilServing runs runServe with args until it logs that it is serving, and returns the
+// function that stops it (and returns what runServe returned) and its stderr.
+func serveUntilServing(t *testing.T, args ...string) (stop func() error, stderr *syncBuffer) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
+	t.Cleanup(cancel)
 	done := make(chan error, 1)
-	var stderr syncBuffer
-	go func() {
-		done <- runServe(ctx, []string{"--data-dir", dir, "--addr", "127.0.0.1:0", "--nats-listen", "none", "--log-level", "info"}, nil, &stderr)
-	}()
+	stderr = &syncBuffer{}
+	go func() { done <- runServe(ctx, args, nil, stderr) }()
 	natstest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		select {
 		case err := <-done:
@@ -231,16 +247,5 @@ func TestServeRunsTheApp(t *testing.T) {
 		}
 		return nil
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("serve: %v", err)
-	}
-	for _, f := range []string{"instance.id", "intent.key", "checkpoint.key", "receipt.key", "LOCK"} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			t.Errorf("data dir: %v", err)
-		}
-	}
-	if !strings.Contains(stderr.String(), `"message":"stopped"`) {
-		t.Errorf("no stopped line:\n%s", stderr.String())
-	}
+	return func() error { cancel(); return <-done }, stderr
 }
