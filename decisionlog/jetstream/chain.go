@@ -71,7 +71,7 @@ func WithChain(cfg ChainConfig) Option {
 		s.chain = &chainState{cfg: cfg, head: cfg.Head, next: cfg.Head, checkpointed: cfg.Head.Seq}
 		s.headSeq.Store(cfg.Head.Seq)
 		s.checkpointSeq.Store(cfg.Head.Seq)
-		s.slots = make(chan struct{}, cfg.Window)
+		s.slots = newAckSlots(cfg.Window)
 	}
 }
 
@@ -150,15 +150,17 @@ func (s *Sink) CheckpointedSeq() uint64 { return s.checkpointSeq.Load() }
 // happen under chainMu, so records reach the connection, and the stream, in chain order; the
 // wait does not hold it, so up to Window records share the round trip to JetStream.
 func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error {
-	s.slots <- struct{}{}
-	slot := true
+	slot := <-s.slots
 	release := func() { // once: the slot is given back before a checkpoint's ack is awaited
-		if slot {
-			slot = false
-			<-s.slots
+		if slot != nil {
+			s.slots <- slot
+			slot = nil
 		}
 	}
 	defer release()
+	if err := s.guardErr(); err != nil {
+		return err
+	}
 
 	s.chainMu.Lock()
 	c := s.chain
@@ -180,13 +182,13 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 		s.chainMu.Unlock()
 		return err
 	}
-	opts := []jetstream.PublishOpt{jetstream.WithMsgID(r.MsgID()), expectStream}
+	expectLast := ""
 	if len(c.window) > 0 && c.soleWriter() {
-		opts = append(opts, jetstream.WithExpectLastMsgID(c.lastSent))
+		expectLast = c.lastSent
 	}
-	fut, err := s.js.PublishMsgAsync(msg, opts...)
-	if err != nil { // not sent: the next record takes this one's place in the chain
+	if err := s.sendRecord(slot, msg, r.MsgID(), expectLast); err != nil { // not sent: the next record takes this one's place in the chain
 		s.chainMu.Unlock()
+		s.guardPoke()
 		s.logger.Error().Err(err).Str("decision_id", r.DecisionID).Msg("decision record not sent")
 		return fmt.Errorf("jetstream: publish record: %w: %w", decisionlog.ErrUnavailable, err)
 	}
@@ -197,12 +199,16 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 
 	timer := ackTimer(s.timeout)
 	select {
-	case <-fut.Ok():
-	case e.err = <-fut.Err():
+	case m := <-slot.ch:
+		e.err = ackError(m)
 	case <-timer.C:
 		e.err = errors.New("no ack within the publish timeout")
+		slot.retire() // the ack may still come: not to the next record that takes this slot
 	}
 	releaseAckTimer(timer)
+	if e.err != nil {
+		s.guardPoke()
+	}
 	close(e.done) // before taking chainMu: a repair holding it may be waiting for this
 
 	s.chainMu.Lock()
@@ -229,8 +235,24 @@ func (s *Sink) publishChained(ctx context.Context, r *decisionlog.Record) error 
 	return nil
 }
 
-// expectStream is the publish option every record carries, made once.
-var expectStream = jetstream.WithExpectStream(decisionlog.StreamName)
+// sendRecord sends a chained record's message with the headers jetstream's publish options
+// set (its Nats-Msg-Id, the stream it must land in and, in a window, the message it must
+// follow), its ack due on slot's inbox. The caller holds chainMu: messages leave in chain order.
+func (s *Sink) sendRecord(slot *ackSlot, msg *nats.Msg, msgID, expectLast string) error {
+	if err := slot.open(s.nc); err != nil {
+		return err
+	}
+	msg.Header[jetstream.MsgIDHeader] = []string{msgID}
+	msg.Header[jetstream.ExpectedStreamHeader] = expectStreamValue
+	if expectLast != "" {
+		msg.Header[jetstream.ExpectedLastMsgIDHeader] = []string{expectLast}
+	}
+	msg.Reply = slot.subject
+	return s.nc.PublishMsg(msg)
+}
+
+// expectStreamValue is the Nats-Expected-Stream header of every record, made once.
+var expectStreamValue = []string{decisionlog.StreamName}
 
 // ackTimers holds stopped timers for the wait on a record's ack: one was made for every record.
 // A stopped timer delivers no stale tick (since Go 1.23; releaseAckTimer drains the channel for

@@ -21,10 +21,12 @@ import (
 // DefaultPublishTimeout bounds the wait for JetStream's ack of one record.
 const DefaultPublishTimeout = 2 * time.Second
 
-// publisher is the JetStream call the sink needs.
+// publisher is the JetStream the sink needs. Chained records go out on its connection with an
+// ack inbox per window slot (see ackSlot); the rest through its publish calls.
 type publisher interface {
 	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
 	PublishMsgAsync(msg *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error)
+	Conn() *nats.Conn
 }
 
 // Sink publishes records to the CUSTODY stream and returns once JetStream has acked them.
@@ -39,7 +41,10 @@ type Sink struct {
 
 	chainMu sync.Mutex // orders chained publishes: link, seal and send happen under it
 	chain   *chainState
-	slots   chan struct{} // bounds the chained records awaiting their ack (ChainConfig.Window)
+	slots   chan *ackSlot // the chained records awaiting their ack, at most ChainConfig.Window
+	nc      *nats.Conn    // the connection chained records are sent on
+	// guard, when js is a Guard's, refuses chained records as its publishes refuse theirs.
+	guard   *Guard
 	now     func() time.Time
 	stop    context.CancelFunc
 	stopped chan struct{} // closed when runCheckpoints returns
@@ -126,7 +131,10 @@ func Permanent(err error) bool {
 
 // NewSink returns a sink publishing through js.
 func NewSink(js publisher, opts ...Option) *Sink {
-	s := &Sink{js: js, timeout: DefaultPublishTimeout, logger: zerolog.Nop(), now: time.Now}
+	s := &Sink{js: js, timeout: DefaultPublishTimeout, logger: zerolog.Nop(), now: time.Now, nc: js.Conn()}
+	if g, ok := js.(*guardedJetStream); ok {
+		s.guard = g.g
+	}
 	for _, o := range opts {
 		o(s)
 	}
@@ -277,7 +285,8 @@ func (s *Sink) Close(ctx context.Context) error {
 	case <-done:
 		if s.chain != nil {
 			s.stop()
-			<-s.stopped                               // the ticker's goroutine is gone before Close returns
+			<-s.stopped // the ticker's goroutine is gone before Close returns
+			s.closeSlots()
 			if err := s.Checkpoint(ctx); err != nil { // leave a signed head behind
 				return err
 			}
@@ -285,6 +294,30 @@ func (s *Sink) Close(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("jetstream: close sink: %w", ctx.Err())
+	}
+}
+
+// closeSlots drops the ack inboxes of a closed sink, whose records have all been settled.
+func (s *Sink) closeSlots() {
+	for range cap(s.slots) {
+		slot := <-s.slots
+		slot.retire()
+		s.slots <- slot
+	}
+}
+
+// guardErr is why the guard refuses records, nil when it does not or there is none.
+func (s *Sink) guardErr() error {
+	if s.guard == nil {
+		return nil
+	}
+	return s.guard.Err()
+}
+
+// guardPoke asks the guard, if any, to check the stream after a record failed.
+func (s *Sink) guardPoke() {
+	if s.guard != nil {
+		s.guard.Poke()
 	}
 }
 

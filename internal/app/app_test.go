@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -216,7 +218,8 @@ func TestAppRefusesBadConfig(t *testing.T) {
 // BenchmarkAuthorizeHTTP sends allowed requests through the App as `custody serve` wires it:
 // HTTP, the engine, the chained JetStream sink of ack mode on the embedded server, the stream
 // guard and a signed receipt. serial is one request at a time (latency); parallel keeps
-// GOMAXPROCS*4 in flight (throughput).
+// GOMAXPROCS*4 in flight (throughput), the decision memo answering; distinct is parallel with
+// every request new to the memo (a scope never sent before, as test/load's distinct shape).
 func BenchmarkAuthorizeHTTP(b *testing.B) {
 	cfg := testConfig(b)
 	a, err := New(b.Context(), cfg)
@@ -232,7 +235,7 @@ func BenchmarkAuthorizeHTTP(b *testing.B) {
 	})
 	body := []byte(exampleRequest)
 	url := a.URL() + "/v1/authorize"
-	post := func(client *http.Client) {
+	post := func(client *http.Client, body []byte) {
 		resp, err := client.Post(url, "application/json", bytes.NewReader(body))
 		if err != nil {
 			b.Fatal(err)
@@ -248,18 +251,26 @@ func BenchmarkAuthorizeHTTP(b *testing.B) {
 		defer client.CloseIdleConnections()
 		b.ReportAllocs()
 		for b.Loop() {
-			post(client)
+			post(client, body)
 		}
 	})
-	b.Run("parallel", func(b *testing.B) {
+	parallel := func(b *testing.B, next func() []byte) {
 		b.SetParallelism(4)
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
 			defer client.CloseIdleConnections()
 			for pb.Next() {
-				post(client)
+				post(client, next())
 			}
+		})
+	}
+	b.Run("parallel", func(b *testing.B) { parallel(b, func() []byte { return body }) })
+	var n atomic.Int64
+	b.Run("distinct", func(b *testing.B) {
+		parallel(b, func() []byte {
+			scope := `"mail.send", "bench.` + strconv.FormatInt(n.Add(1), 10) + `"`
+			return []byte(strings.Replace(exampleRequest, `"mail.send"`, scope, 1))
 		})
 	})
 }
