@@ -15,6 +15,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/rs/zerolog"
 )
 
@@ -329,7 +330,10 @@ func (p *prepared) decide(ctx context.Context, in *Input, e *Engine) Decision {
 }
 
 func (p *prepared) eval(ctx context.Context, value ast.Value) Decision {
-	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(value), rego.EvalMetrics(metrics.NoOp()))
+	if err := ctx.Err(); err != nil { // the caller is gone: no evaluation for nobody
+		return policyError(fmt.Errorf("pdp: evaluate %s: %w", p.info.Query, err))
+	}
+	rs, err := evalQuery(ctx, p.pq, value)
 	if err != nil {
 		return policyError(fmt.Errorf("pdp: evaluate %s: %w", p.info.Query, err))
 	}
@@ -340,6 +344,16 @@ func (p *prepared) eval(ctx context.Context, value ast.Value) Decision {
 		return policyError(fmt.Errorf("pdp: evaluate %s: %d results, want one", p.info.Query, len(rs)))
 	}
 	return interpret(rs[0].Expressions[0].Value)
+}
+
+// evalQuery evaluates pq on input value until ctx ends. rego started a goroutine per
+// evaluation to cancel it when ctx ends, and woke it again when the evaluation was over; a
+// callback registered on ctx cancels it without either.
+func evalQuery(ctx context.Context, pq rego.PreparedEvalQuery, value ast.Value) (rego.ResultSet, error) {
+	cancel := topdown.NewCancel()
+	stop := context.AfterFunc(ctx, cancel.Cancel)
+	defer stop()
+	return pq.Eval(ctx, rego.EvalParsedInput(value), rego.EvalMetrics(metrics.NoOp()), rego.EvalExternalCancel(cancel))
 }
 
 // interpret turns the decision rule's value into a Decision. The rule may be a boolean or an

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime/metrics"
 	"sync"
 	"testing"
 	"testing/fstest"
@@ -318,5 +319,30 @@ func TestDecisionReadsDataWithoutConverting(t *testing.T) {
 	small, large := allocsFor(1), allocsFor(1000)
 	if large > small+3*1000 {
 		t.Fatalf("a decision walking a catalog entry of 1,000 fields allocates %.0f times, one of 1 field %.0f: the data is converted per decision", large, small)
+	}
+}
+
+// TestDecideStartsNoGoroutine: an evaluation under a cancellable context (every request's)
+// starts no goroutine. rego's own cancellation started one per evaluation, and woke it again
+// when the evaluation was over: two more scheduling events on every decision.
+func TestDecideStartsNoGoroutine(t *testing.T) {
+	e := newEngine(t, embeddedSet(t))
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	e.Decide(ctx, nativeInput()) // warm
+	created := func() uint64 {
+		s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	const n = 200
+	before := created()
+	for range n {
+		if d := e.Decide(ctx, nativeInput()); !d.Allow {
+			t.Fatalf("not an allow: %v", d.Reasons)
+		}
+	}
+	if started := created() - before; started >= n/2 {
+		t.Fatalf("%d decisions started %d goroutines", n, started)
 	}
 }

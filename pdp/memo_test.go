@@ -422,7 +422,8 @@ func BenchmarkDecideMemoHit(b *testing.B) {
 // (the user holds one scope no other request names), with the memo serve runs by default and
 // without one. The two should cost the same: a memo that never hits must not tax evaluation.
 func BenchmarkDecideDistinct(b *testing.B) {
-	ctx := context.Background()
+	ctx, cancel := context.WithCancel(context.Background()) // cancellable, as a request's
+	defer cancel()
 	inputs := make([]*pdp.Input, 1<<16) // more than the memo and its doorkeeper recall
 	for i := range inputs {
 		in := nativeInput()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"github.com/open-policy-agent/opa/v1/ast"
-	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage"
 )
@@ -71,7 +70,7 @@ func (e *Engine) Candidates(ctx context.Context, kind SearchKind, in *Input) ([]
 	if err != nil {
 		return nil, fmt.Errorf("pdp: convert input: %w", err)
 	}
-	rs, err := pq.Eval(ctx, rego.EvalParsedInput(value), rego.EvalMetrics(metrics.NoOp()))
+	rs, err := evalQuery(ctx, pq, value)
 	if err != nil {
 		return nil, fmt.Errorf("pdp: evaluate %s: %w", kind.Query(), err)
 	}
