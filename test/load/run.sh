@@ -10,7 +10,7 @@ set -euo pipefail
 DURATION=${DURATION:-20s}            # measured time of each load run
 WARMUP=${WARMUP:-5s}                 # warm-up before each load run, not counted
 CONNS=${CONNS:-"4 64"}               # connection counts to compare at
-ROUNDS=${ROUNDS:-2}                  # rounds of A B (OPA, custody) per connection count
+ROUNDS=${ROUNDS:-3}                  # rounds of A B (OPA, custody) per connection count
 BODIES=${BODIES:-400}                # varied requests the shapes are drawn from (see genbodies)
 SHAPES=${SHAPES:-"repeat distinct"}  # traffic shapes: repeat (8 bodies, memo hits), distinct (every request new)
 RSS_RUN=${RSS_RUN:-1}                # 1: a further custody run watching its RSS over time
