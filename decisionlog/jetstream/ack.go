@@ -3,8 +3,8 @@ package jetstream
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"math"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -59,8 +59,9 @@ func (a *ackSlot) retire() {
 }
 
 // ackError reads JetStream's answer to a publish: nil when the message is stored (a duplicate
-// of a stored message included), the API error when JetStream refused it. Only what the chain
-// needs is read; refusals, which are rare, are decoded in full.
+// of a stored message included), the API error when JetStream refused it. The answer nats-server
+// writes for a stored message is read without encoding/json (storedAck); anything else is
+// decoded in full, and is a stored message only if it names a stream and a seq and no error.
 func ackError(m *nats.Msg) error {
 	if len(m.Data) == 0 {
 		if m.Header.Get("Status") == "503" {
@@ -68,22 +69,80 @@ func ackError(m *nats.Msg) error {
 		}
 		return fmt.Errorf("empty publish ack (status %q)", m.Header.Get("Status"))
 	}
-	if !bytes.Contains(m.Data, []byte(`"error"`)) {
-		if bytes.HasPrefix(m.Data, []byte(`{`)) && bytes.Contains(m.Data, []byte(`"seq":`)) {
-			return nil
-		}
-		return fmt.Errorf("malformed publish ack %q", truncate(m.Data, 128))
+	if storedAck(m.Data) {
+		return nil
 	}
 	var resp struct {
-		Error *jetstream.APIError `json:"error"`
+		Error  *jetstream.APIError `json:"error"`
+		Stream string              `json:"stream"`
+		Seq    *uint64             `json:"seq"`
 	}
 	if err := json.Unmarshal(m.Data, &resp); err != nil {
 		return fmt.Errorf("malformed publish ack %q: %w", truncate(m.Data, 128), err)
 	}
-	if resp.Error == nil {
-		return errors.New("publish ack names an error and holds none")
+	switch {
+	case resp.Error != nil:
+		return resp.Error
+	case resp.Stream == "" || resp.Seq == nil:
+		return fmt.Errorf("publish ack %q names no stream and seq", truncate(m.Data, 128))
 	}
-	return resp.Error
+	return nil
+}
+
+// storedAck reports whether b is, byte for byte, what nats-server writes when it stored a
+// message (stream.go): {"stream":"NAME","seq":N}, with "domain":"D" before the seq when the
+// server has a domain and ,"duplicate": true after it for a duplicate. FuzzAckError holds it to
+// encoding/json's reading.
+func storedAck(b []byte) bool {
+	rest, ok := bytes.CutPrefix(b, []byte(`{"stream":`))
+	if !ok {
+		return false
+	}
+	if rest, ok = plainJSONString(rest); !ok {
+		return false
+	}
+	if r, ok := bytes.CutPrefix(rest, []byte(`,"domain":`)); ok {
+		if rest, ok = plainJSONString(r); !ok {
+			return false
+		}
+	}
+	if rest, ok = bytes.CutPrefix(rest, []byte(`,"seq":`)); !ok {
+		return false
+	}
+	n := 0
+	for n < len(rest) && n < 20 && rest[n] >= '0' && rest[n] <= '9' {
+		n++
+	}
+	if n == 0 || (n > 1 && rest[0] == '0') {
+		return false
+	}
+	var seq uint64
+	for _, c := range rest[:n] { // a seq past uint64 is not one nats-server wrote
+		d := uint64(c - '0')
+		if seq > (math.MaxUint64-d)/10 {
+			return false
+		}
+		seq = seq*10 + d
+	}
+	rest = rest[n:]
+	return string(rest) == "}" || string(rest) == `,"duplicate": true}`
+}
+
+// plainJSONString reads a non-empty JSON string without escapes or control characters at the
+// start of b (a stream or domain name) and returns what follows it.
+func plainJSONString(b []byte) ([]byte, bool) {
+	if len(b) < 3 || b[0] != '"' {
+		return nil, false
+	}
+	for i := 1; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '"':
+			return b[i+1:], i > 1
+		case c == '\\' || c < 0x20:
+			return nil, false
+		}
+	}
+	return nil, false
 }
 
 func truncate(b []byte, n int) []byte {

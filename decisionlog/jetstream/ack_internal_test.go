@@ -1,6 +1,7 @@
 package jetstream
 
 import (
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -77,6 +78,9 @@ func TestAckErrorAgreesWithJetStream(t *testing.T) {
 			if (got == nil) != (want == nil) {
 				t.Fatalf("ackError says %v for %s; jetstream says %v", got, reply.Data, want)
 			}
+			if want == nil && !storedAck(reply.Data) {
+				t.Errorf("nats-server's answer %s to a stored message misses storedAck: every ack would take encoding/json", reply.Data)
+			}
 			var gotAPI, wantAPI *jetstream.APIError
 			if errors.As(want, &wantAPI) {
 				if !errors.As(got, &gotAPI) || gotAPI.ErrorCode != wantAPI.ErrorCode {
@@ -129,4 +133,42 @@ func TestAckErrorRefusesWhatIsNotAnAck(t *testing.T) {
 	if err := ackError(&nats.Msg{}); err == nil {
 		t.Error("an empty message without a status was read as stored")
 	}
+}
+
+// FuzzAckError: ackError reads an answer as stored exactly when encoding/json reads it as a
+// stream and a seq with no error. Its fast path for nats-server's own format (storedAck) may
+// only ever agree with that.
+func FuzzAckError(f *testing.F) {
+	for _, seed := range []string{
+		`{"stream":"CUSTODY","seq":1}`,
+		`{"stream":"CUSTODY","domain":"hub","seq":18446744073709551615}`,
+		`{"stream":"CUSTODY","seq":7,"duplicate": true}`,
+		`{"stream":"CUSTODY","seq":18446744073709551616}`,
+		`{"stream":"CUSTODY","seq":01}`,
+		`{"stream":"","seq":1}`,
+		`{"stream":"CUS\"TODY","seq":1}`,
+		`{"error":{"code":400,"err_code":10071,"description":"wrong last msg ID: m1"},"stream":"CUSTODY","seq":0}`,
+		`{"stream":"CUSTODY","seq":1,"error":null}`,
+		`{"stream":"CUSTODY","seq":1}trailing`,
+		`{"stream":"CUSTODY","seq":"1"}`,
+		`{"stream":"CUSTODY"}`,
+		`[]`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var resp struct {
+			Error  *jetstream.APIError `json:"error"`
+			Stream string              `json:"stream"`
+			Seq    *uint64             `json:"seq"`
+		}
+		want := len(data) > 0 && json.Unmarshal(data, &resp) == nil && resp.Error == nil && resp.Stream != "" && resp.Seq != nil
+		err := ackError(&nats.Msg{Data: data})
+		if (err == nil) != want {
+			t.Fatalf("ackError(%q) = %v; encoding/json reads it as stored: %v", data, err, want)
+		}
+		if storedAck(data) && !want {
+			t.Fatalf("storedAck(%q) is true; encoding/json does not read it as stored", data)
+		}
+	})
 }
