@@ -330,9 +330,6 @@ func (p *prepared) decide(ctx context.Context, in *Input, e *Engine) Decision {
 }
 
 func (p *prepared) eval(ctx context.Context, value ast.Value) Decision {
-	if err := ctx.Err(); err != nil { // the caller is gone: no evaluation for nobody
-		return policyError(fmt.Errorf("pdp: evaluate %s: %w", p.info.Query, err))
-	}
 	rs, err := evalQuery(ctx, p.pq, value)
 	if err != nil {
 		return policyError(fmt.Errorf("pdp: evaluate %s: %w", p.info.Query, err))

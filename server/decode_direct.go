@@ -203,8 +203,8 @@ func plainTagName(s string) bool {
 	return s != ""
 }
 
-// directDecoder is fastScanner (whose scanning of literals, numbers and spaces it shares) with
-// values built as it goes.
+// directDecoder is fastScanner (whose scanning of literals, numbers, spaces and separators it
+// shares) with values built as it goes.
 type directDecoder struct {
 	fastScanner
 	keys []string // the members of the free-form objects being read, innermost last
@@ -369,17 +369,6 @@ func (d *directDecoder) structObject(v reflect.Value, p *plan, depth int) bool {
 			return ok
 		}
 	}
-}
-
-// colon reads the ':' after a member name and the spaces around it.
-func (d *directDecoder) colon() bool {
-	d.space()
-	if d.i >= len(d.b) || d.b[d.i] != ':' {
-		return false
-	}
-	d.i++
-	d.space()
-	return true
 }
 
 // key reads a member name without escapes (a name with one is left to the walker, which

@@ -122,13 +122,7 @@ func (s *fastScanner) object(sh *shape, depth int) bool {
 				}
 			}
 		}
-		s.space()
-		if s.i >= len(s.b) || s.b[s.i] != ':' {
-			return false
-		}
-		s.i++
-		s.space()
-		if !s.value(member, depth+1) {
+		if !s.colon() || !s.value(member, depth+1) {
 			return false
 		}
 		if more, ok := s.next('}'); !ok || !more {
@@ -157,6 +151,17 @@ func (s *fastScanner) array(sh *shape, depth int) bool {
 			return ok
 		}
 	}
+}
+
+// colon reads the ':' after a member name and the spaces around it.
+func (s *fastScanner) colon() bool {
+	s.space()
+	if s.i >= len(s.b) || s.b[s.i] != ':' {
+		return false
+	}
+	s.i++
+	s.space()
+	return true
 }
 
 // next reads what follows a member or an element: ',' (more) or closer (done).

@@ -39,9 +39,6 @@ const MaxNestingDepth = 64
 // numbers exact (json.Number). Errors name the field at fault. Most bodies are checked and
 // decoded in one pass (decodeDirect); the others take decodeJSONSlow, the reference.
 func decodeJSON(body []byte, v any) *apiError {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return errorf(CodeInvalidJSON, "request body is empty; want a JSON object")
-	}
 	if utf8.Valid(body) && decodeDirect(body, v) {
 		return nil
 	}
